@@ -1,0 +1,134 @@
+"""The one place for defaults: a frozen dataclass tree with the paper's values.
+
+Section numbers (§N) refer to ../shared/spp-recipe.md, which collects the SPP-net paper
+(He et al., TPAMI 2015), its official code (ShaoqingRen/SPP_net) and R-CNN's code. Where
+paper and official code differ, both are a config value and the docstring says which is which.
+
+The whole tree is saved inside ``model.pt`` and each cache's metadata, so a model knows how it
+was trained and a cache knows what made it (see :func:`fingerprint`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+FIVE_SCALES = (480, 576, 688, 864, 1200)  # §4, paper; the official code uses 874 for 864
+SINGLE_SCALE = (688,)  # §4
+
+
+@dataclass(frozen=True)
+class ProposalConfig:
+    """Selective search (§5)."""
+
+    mode: str = "fast"  # "fast" (R-CNN/SPP-net) or "quality"
+    resize_width: int = 500  # R-CNN's demo runs selective search on the image resized to width 500
+    min_size: int = 20  # windows narrower or shorter than this (at the proposal image size) are dropped
+    max_proposals: int = 2000  # about 2,000 windows per image
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Backbone, scales, projection and spatial pyramid (§1–§4)."""
+
+    backbone: str = "efficientnet_lite0"
+    backbone_weights: str | None = None  # a local state-dict file; None = the backbone's default
+    scales: tuple[int, ...] = SINGLE_SCALE  # shorter image side s; FIVE_SCALES for multi-scale
+    # "paper": the scale whose scaled window area is closest to 224² (§4);
+    # "official": expected side 208 = 13·16 px compared linearly with the scales (official code).
+    scale_rule: str = "paper"
+    paper_target_side: int = 224
+    official_target_side: int = 208
+    # "paper": x0' = floor((x0 - c0)/S) + 1, x1' = ceil((x1 - c0)/S) - 1 (appendix, with the offset c0);
+    # "official": snap inward to cell centres with the 6.5 px offset o (§2).
+    projection: str = "paper"
+    official_offset: float = 6.5
+    pyramid_levels: tuple[int, ...] = (1, 2, 3, 6)  # §3: 50 bins
+
+
+@dataclass(frozen=True)
+class SVMConfig:
+    """Per-class linear SVMs with hard-negative mining (§7, R-CNN's recipe)."""
+
+    feature_layer: str = "pool5"  # pool5 = the SPP vector; fc6/fc7/ftfc6/ftfc7 once fc layers exist
+    feature_norm_target: float = 20.0  # features scaled by 20 / mean L2 norm
+    norm_images: int = 200  # the mean norm is taken over up to 200 images ...
+    norm_boxes_per_image: int = 200  # ... and 200 boxes in each
+    norm_seed: int = 3
+    C: float = 0.001  # liblinear -c 0.001
+    positive_weight: float = 2.0  # liblinear -w1 2
+    bias_multiplier: float = 10.0  # liblinear -B 10
+    negative_overlap: float = 0.3  # negatives: IoU < 0.3 with every GT box of the class
+    hard_negative_threshold: float = -1.0001  # after the first image, add negatives scoring above this
+    evict_threshold: float = -1.2  # after a retrain, drop cached negatives scoring below this
+    retrain_limit: int = 2000  # retrain once more than this many new negatives have accumulated
+    max_iter: int = 10000
+
+
+@dataclass(frozen=True)
+class BBoxConfig:
+    """Ridge bounding-box regressors (§8, R-CNN's recipe)."""
+
+    enabled: bool = True
+    ridge_lambda: float = 1000.0  # R-CNN; the official SPP code uses 4000
+    min_overlap: float = 0.6  # training windows: IoU > 0.6 with a GT box (R-CNN); official SPP code 0.5
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    """Test time (§9)."""
+
+    score_threshold: float = -1.5  # SVM margin units
+    nms_iou: float = 0.3
+    max_per_image: int = 100
+
+
+@dataclass(frozen=True)
+class SPPConfig:
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    svm: SVMConfig = field(default_factory=SVMConfig)
+    bbox: BBoxConfig = field(default_factory=BBoxConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SPPConfig:
+        return _from_dict(cls, data)
+
+    def replace(self, **sections: dict[str, Any]) -> SPPConfig:
+        """Copy with fields changed per section: ``cfg.replace(features={"scales": (480, 688)})``."""
+        changed = {}
+        for name, updates in sections.items():
+            section = getattr(self, name)
+            changed[name] = dataclasses.replace(section, **updates)
+        return dataclasses.replace(self, **changed)
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            value = _from_dict(f.default_factory, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of config sections / plain values, naming what made a cached result."""
+    def plain(obj):
+        if dataclasses.is_dataclass(obj):
+            return {"__type__": type(obj).__name__, **dataclasses.asdict(obj)}
+        return obj
+
+    text = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]

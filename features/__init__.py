@@ -1,0 +1,1 @@
+"""Features: backbones (conv layers once per image per scale), window projection, spatial pyramid pooling."""

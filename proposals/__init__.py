@@ -1,0 +1,1 @@
+"""Region proposals: selective search (OpenCV contrib), cached per image, computed in parallel."""

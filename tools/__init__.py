@@ -1,0 +1,1 @@
+"""The `sppnet` command line: thin front ends over the packages."""
