@@ -1,0 +1,107 @@
+"""Conv layers once per image per scale, then SPP features for any windows of that image.
+
+This is SPP-net's central saving over R-CNN: the conv part of the backbone runs on the whole image
+once per scale (recipe §4), every window is projected onto the resulting feature map (§2) and
+pooled into a fixed-length vector (§3). Feature maps can be cached on disk in fp16, so later
+stages and reruns never run the conv layers again.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+
+from detection.cache import Cache
+from detection.config import FeatureConfig, fingerprint
+from features.backbones import Backbone
+from features.projection import choose_scales, image_scale_factors, project_boxes
+from features.spp import spatial_pyramid_pool, spp_output_dim
+
+CONV_STAGE = "conv"
+
+
+def resize_to_scale(image: np.ndarray, scale: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> image whose shorter side is ``scale`` (bilinear, aspect kept; recipe §4)."""
+    height, width = image.shape[:2]
+    factor = scale / min(height, width)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+
+
+class SPPFeatureExtractor:
+    """Conv maps per image and scale (optionally cached), and pooled window features.
+
+    ``weights_id`` names the backbone's weights in cache fingerprints (a hash of the state dict),
+    so maps computed with other weights are never reused.
+    """
+
+    def __init__(self, backbone: Backbone, config: FeatureConfig, device: torch.device | str = "cpu",
+                 cache: Cache | None = None, weights_id: str = ""):
+        self.backbone = backbone.to(device).eval()
+        self.config = config
+        self.device = torch.device(device)
+        self.cache = cache
+        self.conv_fingerprint = fingerprint(backbone.name, weights_id, tuple(config.scales))
+        if cache is not None:
+            cache.describe(CONV_STAGE, self.conv_fingerprint,
+                           {"backbone": backbone.name, "weights": weights_id, "scales": list(config.scales)})
+
+    @property
+    def output_dim(self) -> int:
+        return spp_output_dim(self.backbone.channels, self.config.pyramid_levels)
+
+    @torch.inference_mode()
+    def compute_maps(self, image: np.ndarray) -> list[torch.Tensor]:
+        """(H, W, 3) uint8 RGB -> one (C, H_s, W_s) map per configured scale, on the device."""
+        maps = []
+        for scale in self.config.scales:
+            pixels = torch.from_numpy(resize_to_scale(image, scale)).to(self.device)
+            maps.append(self.backbone(self.backbone.preprocess(pixels))[0])
+        return maps
+
+    def maps(self, key: str, load_image: Callable[[], np.ndarray]) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        """Maps for image ``key`` and the image's (height, width), cached in fp16 on disk.
+
+        ``load_image`` is only called on a miss, so a warm cache reads no image files.
+        """
+        stored = None if self.cache is None else self.cache.get(CONV_STAGE, self.conv_fingerprint, key)
+        if stored is not None:
+            maps = [torch.from_numpy(stored[f"scale{i}"]).to(self.device) for i in range(len(self.config.scales))]
+            return maps, tuple(int(v) for v in stored["image_size"])
+        image = load_image()
+        maps = self.compute_maps(image)
+        if self.cache is not None:
+            # hand back the same fp16 values a later cache hit will read, so results never depend
+            # on whether the cache was warm
+            maps = [m.to(torch.float16) for m in maps]
+            arrays = {f"scale{i}": m.cpu().numpy() for i, m in enumerate(maps)}
+            self.cache.put(CONV_STAGE, self.conv_fingerprint, key, {**arrays, "image_size": np.array(image.shape[:2])})
+        return maps, image.shape[:2]
+
+    def pool(self, maps: list[torch.Tensor], boxes: np.ndarray, image_size: tuple[int, int]) -> torch.Tensor:
+        """Windows (N, 4) in original image coordinates -> (N, D) float32 SPP vectors on the device.
+
+        Each window is pooled from the one scale chosen for it (§4); the loop is over scales,
+        never over windows.
+        """
+        cfg = self.config
+        height, width = image_size
+        boxes_t = torch.as_tensor(np.asarray(boxes, dtype=np.float32), device=self.device).reshape(-1, 4)
+        out = torch.empty((len(boxes_t), self.output_dim), dtype=torch.float32, device=self.device)
+        if len(boxes_t) == 0:
+            return out
+        scale_index = choose_scales(boxes_t, (height, width), cfg.scales, rule=cfg.scale_rule,
+                                    paper_target_side=cfg.paper_target_side,
+                                    official_target_side=cfg.official_target_side)
+        factors = image_scale_factors(height, width, cfg.scales)
+        for i, fmap in enumerate(maps):
+            selected = torch.nonzero(scale_index == i).squeeze(1)
+            if len(selected) == 0:
+                continue
+            cells = project_boxes(boxes_t[selected] * float(factors[i]), self.backbone.stride,
+                                  self.backbone.first_center, tuple(fmap.shape[-2:]),
+                                  rule=cfg.projection, offset=cfg.official_offset)
+            out[selected] = spatial_pyramid_pool(fmap.float(), cells, cfg.pyramid_levels).float()
+        return out

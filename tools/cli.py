@@ -1,0 +1,42 @@
+"""The `sppnet` command: one entry point, one subcommand per job."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tools import demo, detect_net, eval_net, test_net, train_net
+
+COMMANDS = {
+    "demo": (demo, "generate a small dataset, train, test and print the AP table (offline, CPU)"),
+    "train": (train_net, "train an SPP-net detector on a VOC-format split"),
+    "test": (test_net, "detect on a VOC-format split and report per-class AP and mAP"),
+    "eval": (eval_net, "evaluate devkit result files on a VOC-format split"),
+    "detect": (detect_net, "detect objects in image files or folders"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sppnet", description="SPP-net object detection (He et al., 2014).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept in the caches; rerun to continue", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as err:
+        # the library raises one-line, file-naming errors; show them without a traceback
+        print(f"sppnet {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
