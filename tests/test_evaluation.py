@@ -1,0 +1,392 @@
+"""VOC evaluation (devkit AP rules, both metrics) and devkit result files."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detection.evaluation import evaluate_class, evaluate_detections, format_ap_table, voc_ap
+from detection.results import Detections, read_devkit_results, write_devkit_results
+from detection.voc import VOCDataset
+
+METRICS = ("voc07", "voc10")
+
+
+# ---------------------------------------------------------------- slow reference (py-faster-rcnn)
+
+def reference_voc_ap(rec, prec, use_07_metric):
+    """py-faster-rcnn's ``voc_ap``, verbatim apart from Python 3."""
+    if use_07_metric:
+        ap = 0.
+        for t in np.arange(0., 1.1, 0.1):
+            if np.sum(rec >= t) == 0:
+                p = 0
+            else:
+                p = np.max(prec[rec >= t])
+            ap = ap + p / 11.
+    else:
+        mrec = np.concatenate(([0.], rec, [1.]))
+        mpre = np.concatenate(([0.], prec, [0.]))
+        for i in range(mpre.size - 1, 0, -1):
+            mpre[i - 1] = np.maximum(mpre[i - 1], mpre[i])
+        i = np.where(mrec[1:] != mrec[:-1])[0]
+        ap = np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1])
+    return ap
+
+
+def reference_voc_eval(image_ids, confidence, BB, gt, ovthresh=0.5, use_07_metric=False):
+    """py-faster-rcnn's ``voc_eval`` loop on in-memory data, with three deliberate changes to match
+    the devkit: ``ovmax >= ovthresh`` (devkit) instead of ``>``, a stable sort (MATLAB's), and
+    Detectron's eps in the precision (NaN when the top detection hits a difficult box)."""
+    class_recs = {}
+    npos = 0
+    for imagename, (bbox, difficult) in gt.items():
+        npos = npos + sum(~difficult)
+        class_recs[imagename] = {'bbox': bbox, 'difficult': difficult, 'det': [False] * len(bbox)}
+    sorted_ind = np.argsort(-confidence, kind="stable")
+    BB = BB[sorted_ind, :]
+    image_ids = [image_ids[x] for x in sorted_ind]
+    nd = len(image_ids)
+    tp = np.zeros(nd)
+    fp = np.zeros(nd)
+    for d in range(nd):
+        R = class_recs[image_ids[d]]
+        bb = BB[d, :].astype(float)
+        ovmax = -np.inf
+        BBGT = R['bbox'].astype(float)
+        if BBGT.size > 0:
+            ixmin = np.maximum(BBGT[:, 0], bb[0])
+            iymin = np.maximum(BBGT[:, 1], bb[1])
+            ixmax = np.minimum(BBGT[:, 2], bb[2])
+            iymax = np.minimum(BBGT[:, 3], bb[3])
+            iw = np.maximum(ixmax - ixmin + 1., 0.)
+            ih = np.maximum(iymax - iymin + 1., 0.)
+            inters = iw * ih
+            uni = ((bb[2] - bb[0] + 1.) * (bb[3] - bb[1] + 1.) +
+                   (BBGT[:, 2] - BBGT[:, 0] + 1.) * (BBGT[:, 3] - BBGT[:, 1] + 1.) - inters)
+            overlaps = inters / uni
+            ovmax = np.max(overlaps)
+            jmax = np.argmax(overlaps)
+        if ovmax >= ovthresh:
+            if not R['difficult'][jmax]:
+                if not R['det'][jmax]:
+                    tp[d] = 1.
+                    R['det'][jmax] = 1
+                else:
+                    fp[d] = 1.
+        else:
+            fp[d] = 1.
+    fp = np.cumsum(fp)
+    tp = np.cumsum(tp)
+    rec = tp / float(npos)
+    prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    ap = reference_voc_ap(rec, prec, use_07_metric)
+    return rec, prec, ap
+
+
+def random_problem(rng, num_images=12):
+    """GT with some difficult boxes, and detections: jittered GT copies (several per box) plus clutter.
+
+    Integer coordinates and scores on a 0.05 grid make exact IoU and score ties common. npos is
+    kept off multiples of 5: there py-faster-rcnn's 11-point thresholds (0.30000000000000004, ...)
+    disagree with the exact ones (see test_eleven_point_thresholds_are_exact).
+    """
+    while True:
+        gt, ids, boxes = {}, [], []
+        for i in range(num_images):
+            n = rng.integers(0, 5)
+            xy = rng.integers(0, 80, size=(n, 2))
+            wh = rng.integers(5, 40, size=(n, 2))
+            gt_boxes = np.hstack([xy, xy + wh]).astype(float)
+            gt[f"im{i}"] = (gt_boxes, rng.random(n) < 0.2)
+            for box in gt_boxes:
+                for _ in range(rng.integers(0, 3)):
+                    boxes.append(box + rng.integers(-4, 5, size=4))
+                    ids.append(f"im{i}")
+            for _ in range(rng.integers(0, 4)):
+                xy = rng.integers(0, 100, size=2)
+                boxes.append(np.concatenate([xy, xy + rng.integers(3, 40, size=2)]).astype(float))
+                ids.append(f"im{i}")
+        npos = sum(int((~d).sum()) for _, d in gt.values())
+        if npos % 5:
+            boxes = np.array(boxes, dtype=float).reshape(-1, 4)
+            boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2])
+            scores = np.round(rng.random(len(ids)) * 20) / 20
+            return np.array(ids), scores, boxes, gt
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_matches_py_faster_rcnn_reference_on_random_data(seed):
+    ids, scores, boxes, gt = random_problem(np.random.default_rng(seed))
+    for metric in METRICS:
+        ap, rec, prec = evaluate_class(ids, scores, boxes, gt, metric=metric)
+        ref_rec, ref_prec, ref_ap = reference_voc_eval(list(ids), scores, boxes, gt, use_07_metric=metric == "voc07")
+        np.testing.assert_allclose(rec, ref_rec, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(prec, ref_prec, rtol=0, atol=1e-12)
+        assert ap == pytest.approx(ref_ap, abs=1e-12)
+
+
+# ---------------------------------------------------------------- voc_ap by hand
+
+# The curve of five detections TP, FP, TP, FP, FP against 4 positives:
+#   cumulative TP 1 1 2 2 2, FP 0 1 1 2 3
+#   recall    .25  .25  .5   .5   .5
+#   precision 1    1/2  2/3  1/2  2/5
+# voc07: t = 0, .1, .2 reach recall .25 -> max precision 1; t = .3, .4, .5 reach only the
+#        recall-.5 points -> 2/3; t = .6 ... 1 unreached -> 0. AP = (3 * 1 + 3 * 2/3) / 11 = 5/11.
+# voc10: envelope 1 up to recall .25, then 2/3 up to .5, then 0. AP = .25 * 1 + .25 * 2/3 = 5/12.
+HAND_RECALL = np.array([0.25, 0.25, 0.5, 0.5, 0.5])
+HAND_PRECISION = np.array([1, 1 / 2, 2 / 3, 1 / 2, 2 / 5])
+HAND_AP = {"voc07": 5 / 11, "voc10": 5 / 12}
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_voc_ap_by_hand(metric):
+    assert voc_ap(HAND_RECALL, HAND_PRECISION, metric) == pytest.approx(HAND_AP[metric], abs=1e-12)
+
+
+def test_voc_ap_envelope_and_empty_curve():
+    # a late precision rise lifts the envelope before it: recall .5 at precision 1/2, then 1 at 2/3
+    #   voc10: envelope 2/3 over [0, 1] -> 2/3; voc07: every t reaches the last point -> 2/3
+    recall, precision = np.array([0.5, 0.5, 1.0]), np.array([1 / 2, 1 / 3, 2 / 3])
+    for metric in METRICS:
+        assert voc_ap(recall, precision, metric) == pytest.approx(2 / 3, abs=1e-12)
+        assert voc_ap([], [], metric) == 0.0
+    with pytest.raises(ValueError, match="unknown AP metric"):
+        voc_ap(recall, precision, "coco")
+    with pytest.raises(ValueError, match="differ"):
+        voc_ap(recall, precision[:2])
+
+
+def test_eleven_point_thresholds_are_exact():
+    # 3 of 10 positives found, all precise: t = 0.3 is reached (py-faster-rcnn's 0.30000000000000004 is not)
+    # voc07 = (t = 0, .1, .2, .3 -> 1) = 4/11
+    recall, precision = np.array([0.1, 0.2, 0.3]), np.ones(3)
+    assert voc_ap(recall, precision, "voc07") == pytest.approx(4 / 11, abs=1e-12)
+    assert reference_voc_ap(recall, precision, True) == pytest.approx(3 / 11, abs=1e-12)
+
+
+# ---------------------------------------------------------------- evaluate_class by hand
+
+def square(x, y=0, size=10):
+    return [x, y, x + size - 1, y + size - 1]
+
+
+def test_hand_example_with_duplicate_and_image_without_gt():
+    # image a: four GT squares; b: none. Score order: hit g1 (TP), g1 again (FP, duplicate),
+    # hit g2 (TP), far box in a (FP), box in b (FP) -> the TP FP TP FP FP curve of HAND_AP.
+    gt = {"a": (np.array([square(0), square(20), square(40), square(60)], dtype=float), np.zeros(4, dtype=bool)),
+          "b": (np.zeros((0, 4)), np.zeros(0, dtype=bool))}
+    dets = [("b", 0.5, square(0)), ("a", 0.8, square(1)), ("a", 0.6, square(100, 100)),
+            ("a", 0.9, square(0)), ("a", 0.7, square(20))]  # shuffled: sorting is the evaluator's job
+    ids, scores, boxes = zip(*dets)
+    for metric in METRICS:
+        ap, recall, precision = evaluate_class(np.array(ids), np.array(scores), np.array(boxes, dtype=float), gt,
+                                               metric=metric)
+        assert ap == pytest.approx(HAND_AP[metric], abs=1e-12)
+        np.testing.assert_allclose(recall, HAND_RECALL)
+        np.testing.assert_allclose(precision, HAND_PRECISION)
+    # an image missing from the ground truth altogether is an image without GT, too
+    del gt["b"]
+    assert evaluate_class(np.array(ids), np.array(scores), np.array(boxes, dtype=float), gt)[0] == \
+        pytest.approx(HAND_AP["voc07"], abs=1e-12)
+
+
+def one_box(box):
+    return np.array([box], dtype=float)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_iou_exactly_half_is_a_match(metric):
+    gt = {"a": (one_box([0, 0, 9, 9]), np.array([False]))}
+    # inclusive areas: 10x10 GT inside a 10x20 detection -> 100 / 200 = 0.5 exactly
+    assert evaluate_class(["a"], [1.0], one_box([0, 0, 9, 19]), gt, metric=metric)[0] == 1.0
+    # one pixel row more: 100 / 210 < 0.5 -> a false positive
+    ap, recall, precision = evaluate_class(["a"], [1.0], one_box([0, 0, 9, 20]), gt, metric=metric)
+    assert ap == 0.0 and recall.tolist() == [0.0] and precision.tolist() == [0.0]
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_difficult_boxes_are_neither_rewarded_nor_counted(metric):
+    gt = {"a": (np.array([square(0), square(20)], dtype=float), np.array([False, True]))}
+    # the top detection hits the difficult box: ignored (precision 0, not 0/0, at that point);
+    # the second finds the only positive: recall 1 at precision 1 -> AP 1 in both metrics
+    ap, recall, precision = evaluate_class(["a", "a"], [0.9, 0.8], np.array([square(20), square(0)], dtype=float),
+                                           gt, metric=metric)
+    assert ap == 1.0 and recall.tolist() == [0.0, 1.0] and precision.tolist() == [0.0, 1.0]
+    # were that box not difficult, the first detection would be a TP and npos 2: recall [.5, 1]
+    not_difficult = {"a": (gt["a"][0], np.array([False, False]))}
+    _, recall, _ = evaluate_class(["a", "a"], [0.9, 0.8], np.array([square(20), square(0)], dtype=float),
+                                  not_difficult, metric=metric)
+    assert recall.tolist() == [0.5, 1.0]
+
+
+def test_equal_scores_keep_input_order():
+    # as the devkit's stable sort keeps file order: FP then TP -> precision [0, 1/2] -> AP 1/2;
+    # TP then FP -> precision [1, 1/2] -> AP 1
+    gt = {"a": (one_box(square(0)), np.array([False]))}
+    miss_first = np.array([square(50), square(0)], dtype=float)
+    assert evaluate_class(["a", "a"], [0.5, 0.5], miss_first, gt)[0] == pytest.approx(0.5, abs=1e-12)
+    assert evaluate_class(["a", "a"], [0.5, 0.5], miss_first[::-1], gt)[0] == 1.0
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_perfect_detector_and_class_without_positives(metric):
+    rng = np.random.default_rng(0)
+    ids, _, _, gt = random_problem(rng)
+    gt = {k: (b, np.zeros(len(b), dtype=bool)) for k, (b, _) in gt.items()}
+    ids = np.concatenate([[k] * len(b) for k, (b, _) in gt.items()])
+    boxes = np.concatenate([b for b, _ in gt.values()])
+    ap, recall, precision = evaluate_class(ids, rng.random(len(ids)), boxes, gt, metric=metric)
+    assert ap == 1.0 and recall[-1] == 1.0 and (precision == 1.0).all()
+    # no non-difficult GT: recall is undefined (NaN) and the AP is 0, detections or not
+    only_difficult = {"a": (one_box(square(0)), np.array([True]))}
+    ap, recall, _ = evaluate_class(["a", "a"], [0.9, 0.8], np.array([square(0), square(30)], dtype=float),
+                                   only_difficult, metric=metric)
+    assert ap == 0.0 and np.isnan(recall).all()
+    ap, recall, precision = evaluate_class(np.zeros(0, dtype=str), np.zeros(0), np.zeros((0, 4)), {}, metric=metric)
+    assert ap == 0.0 and recall.shape == precision.shape == (0,)
+
+
+def test_evaluate_class_rejects_bad_arguments():
+    gt = {"a": (one_box(square(0)), np.array([False]))}
+    with pytest.raises(ValueError, match="unknown AP metric"):
+        evaluate_class(["a"], [1.0], one_box(square(0)), gt, metric="voc12")
+    with pytest.raises(ValueError, match="iou_threshold"):
+        evaluate_class(["a"], [1.0], one_box(square(0)), gt, iou_threshold=0.0)
+    with pytest.raises(ValueError, match="lengths differ"):
+        evaluate_class(["a", "a"], [1.0], one_box(square(0)), gt)
+
+
+# ---------------------------------------------------------------- a tiny VOC dataset
+
+def write_tiny_voc(root, objects_by_image, split="test"):
+    """VOC layout with 1-based boxes; objects are (name, difficult, (xmin, ymin, xmax, ymax))."""
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for image_id, objects in objects_by_image.items():
+        Image.new("RGB", (64, 48)).save(root / "JPEGImages" / f"{image_id}.jpg")
+        objs = "".join(
+            f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{b[0]}</xmin>"
+            f"<ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+            for name, difficult, b in objects)
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><size><width>64</width><height>48</height><depth>3</depth></size>{objs}</annotation>")
+    (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(objects_by_image) + "\n")
+    return root
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """apple: one box (found); pear: one positive (found after a miss) and one difficult box."""
+    root = write_tiny_voc(tmp_path / "VOC2007", {
+        "000001": [("apple", 0, (11, 11, 30, 30)), ("pear", 1, (40, 5, 60, 40))],
+        "000002": [("pear", 0, (6, 6, 25, 25))],
+        "000003": [],
+    })
+    dataset = VOCDataset(root, "test")
+    detections = {
+        # 0-based: the 1-based (11, 11, 30, 30) is (10, 10, 29, 29)
+        "000001": Detections(np.array([[10, 10, 29, 29], [0, 30, 10, 40]], dtype=float), np.array([0.9, 0.8]),
+                             np.array([0, 1])),
+        "000002": Detections(np.array([[5, 5, 24, 24]], dtype=float), np.array([0.7]), np.array([1])),
+    }
+    return dataset, detections
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_evaluate_detections_on_a_tiny_dataset(tiny, metric):
+    dataset, detections = tiny
+    assert dataset.classes == ("apple", "pear")
+    result = evaluate_detections(dataset, detections, metric=metric)
+    # pear: miss (0.8) then hit (0.7) -> precision [0, 1/2], recall [0, 1] -> 1/2 in both metrics
+    assert result == {"metric": metric, "mAP": pytest.approx(0.75), "ap": {"apple": 1.0, "pear": pytest.approx(0.5)}}
+    assert json.loads(json.dumps(result))["ap"]["apple"] == 1.0
+    assert evaluate_detections(dataset, {}, metric=metric) == {"metric": metric, "mAP": 0.0,
+                                                               "ap": {"apple": 0.0, "pear": 0.0}}
+
+
+def test_evaluate_detections_rejects_foreign_images_and_labels(tiny):
+    dataset, detections = tiny
+    with pytest.raises(ValueError, match="not in split 'test'.*'999999'"):
+        evaluate_detections(dataset, {**detections, "999999": Detections.empty()})
+    with pytest.raises(ValueError, match="label 2 of image '000002'"):
+        evaluate_detections(dataset, {"000002": Detections(np.zeros((1, 4)), np.ones(1), np.array([2]))})
+
+
+def test_format_ap_table(tiny):
+    dataset, detections = tiny
+    table = format_ap_table(evaluate_detections(dataset, detections))
+    lines = table.splitlines()
+    assert lines[0].split() == ["class", "AP", "(%)"]
+    assert lines[2].split() == ["apple", "100.0"] and lines[3].split() == ["pear", "50.0"]
+    assert lines[-1].split() == ["mAP", "(voc07)", "75.0"]
+    assert len({len(line) for line in lines}) == 1  # right-aligned numbers end in one column
+
+
+# ---------------------------------------------------------------- devkit result files
+
+def test_devkit_file_lines_are_one_based(tmp_path, tiny):
+    dataset, detections = tiny
+    paths = write_devkit_results(tmp_path, "test", dataset.classes, detections)
+    assert [p.name for p in paths] == ["comp4_det_test_apple.txt", "comp4_det_test_pear.txt"]
+    assert paths[0].read_text() == "000001 0.900000 11.0 11.0 30.0 30.0\n"
+    assert paths[1].read_text() == "000001 0.800000 1.0 31.0 11.0 41.0\n000002 0.700000 6.0 6.0 25.0 25.0\n"
+    assert not list(tmp_path.glob(".*.tmp"))
+    # every class gets a file, empty without detections
+    paths = write_devkit_results(tmp_path / "none", "val", ("a", "b"), {}, prefix="comp3_det")
+    assert [(p.name, p.read_text()) for p in paths] == [("comp3_det_val_a.txt", ""), ("comp3_det_val_b.txt", "")]
+
+
+def test_devkit_literal_file_is_read_zero_based(tmp_path):
+    (tmp_path / "comp4_det_test_pear.txt").write_text("img7 0.5 1 1 10.5 20\n\nimg7 -1.25 3 4 5 6\n")
+    # no apple file: an empty class
+    dets = read_devkit_results(tmp_path, "test", ("apple", "pear"))
+    assert list(dets) == ["img7"]
+    np.testing.assert_array_equal(dets["img7"].boxes, [[0, 0, 9.5, 19], [2, 3, 4, 5]])
+    np.testing.assert_array_equal(dets["img7"].scores, [0.5, -1.25])
+    assert dets["img7"].labels.tolist() == [1, 1] and dets["img7"].labels.dtype == np.int64
+
+
+def test_devkit_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    classes = ("apple", "pear", "plum")
+    detections = {}
+    for i in range(6):
+        n = rng.integers(0, 8)
+        xy = rng.uniform(0, 300, size=(n, 2))
+        detections[f"{i:06d}"] = Detections(np.hstack([xy, xy + rng.uniform(1, 100, size=(n, 2))]),
+                                            rng.normal(size=n), rng.integers(0, 3, size=n))
+    write_devkit_results(tmp_path, "test", classes, detections)
+    back = read_devkit_results(tmp_path, "test", classes)
+    assert set(back) == {k for k, d in detections.items() if len(d)}
+    for image_id, dets in back.items():
+        # the reader orders each image's detections by class, stably
+        order = np.argsort(detections[image_id].labels, kind="stable")
+        original = detections[image_id]
+        np.testing.assert_array_equal(dets.labels, original.labels[order])
+        np.testing.assert_allclose(dets.scores, original.scores[order], rtol=0, atol=5e-7 + 1e-12)
+        np.testing.assert_allclose(dets.boxes, original.boxes[order], rtol=0, atol=0.05 + 1e-9)
+    # evaluation is unchanged by the trip when nothing is lost to rounding
+    for dets in detections.values():
+        dets.boxes, dets.scores = np.round(dets.boxes), np.round(dets.scores, 3)
+    write_devkit_results(tmp_path, "test", classes, detections)
+    for image_id, dets in read_devkit_results(tmp_path, "test", classes).items():
+        order = np.argsort(detections[image_id].labels, kind="stable")
+        np.testing.assert_array_equal(dets.boxes, detections[image_id].boxes[order])
+
+
+def test_devkit_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "comp4_det_test_apple.txt"
+    for bad in ("img1 0.5 1 2 3", "img1 high 1 2 3 4", "img1 0.5 1 2 3 4 5"):
+        path.write_text(f"img0 0.5 1 2 3 4\n{bad}\n")
+        with pytest.raises(ValueError, match=r"comp4_det_test_apple\.txt, line 2"):
+            read_devkit_results(tmp_path, "test", ("apple", "pear"))
+    with pytest.raises(FileNotFoundError, match="no comp4_det_val_<class>.txt"):
+        read_devkit_results(tmp_path, "val", ("apple", "pear"))
+    with pytest.raises(ValueError, match="whitespace"):
+        write_devkit_results(tmp_path, "test", ("apple",), {"a b": Detections(np.zeros((1, 4)), np.ones(1),
+                                                                               np.zeros(1, dtype=np.int64))})
+    with pytest.raises(ValueError, match="label 3 of image 'x'"):
+        write_devkit_results(tmp_path, "test", ("apple",), {"x": Detections(np.zeros((1, 4)), np.ones(1),
+                                                                             np.array([3]))})

@@ -1,0 +1,184 @@
+"""Selective search boxes, the proposal store and R-CNN's proposal files."""
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+import proposals.store as store_module
+from detection.cache import Cache
+from detection.config import ProposalConfig
+from detection.images import ImageError
+from proposals.selective_search import load_rcnn_proposals, selective_search
+from proposals.store import ProposalStore, with_ground_truth
+
+
+def scene(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """(height, width, 3) uint8 RGB: coloured rectangles on a gradient with a little noise."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(40, 200, width)[None, :, None]
+    image = np.broadcast_to(ramp, (height, width, 3)).copy()
+    for _ in range(6):
+        x1, y1 = rng.integers(0, width - 20), rng.integers(0, height - 20)
+        x2, y2 = x1 + rng.integers(15, width // 2), y1 + rng.integers(15, height // 2)
+        image[y1:y2, x1:x2] = rng.integers(0, 256, 3)
+    image += rng.normal(0, 4, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_png(path, image: np.ndarray):
+    Image.fromarray(image).save(path)
+    return path
+
+
+def assert_valid_boxes(boxes: np.ndarray, width: int, height: int):
+    assert boxes.dtype == np.float64 and boxes.ndim == 2 and boxes.shape[1] == 4 and len(boxes) > 0
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width - 1).all() and (boxes[:, 3] <= height - 1).all()
+    assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+    assert len(np.unique(boxes, axis=0)) == len(boxes)
+
+
+def test_boxes_inside_image_unique_and_min_size_at_proposal_scale():
+    image = scene(160, 120)
+    config = ProposalConfig(resize_width=160, min_size=20)
+    boxes = selective_search(image, config)
+    assert_valid_boxes(boxes, 160, 120)
+    widths, heights = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
+    assert widths.min() >= 20 and heights.min() >= 20
+    # deterministic: OpenCV's random ranking is reseeded for every image
+    np.testing.assert_array_equal(boxes, selective_search(image, config))
+
+
+def test_cap_keeps_the_first_boxes_in_selective_search_order():
+    image = scene(160, 120)
+    boxes = selective_search(image, ProposalConfig(resize_width=0, min_size=1))
+    capped = selective_search(image, ProposalConfig(resize_width=0, min_size=1, max_proposals=7))
+    assert len(boxes) > 7
+    np.testing.assert_array_equal(capped, boxes[:7])
+
+
+@pytest.mark.parametrize("width, resize_width", [(250, 500), (320, 160)])
+def test_boxes_are_in_original_coordinates_when_resized(width, resize_width):
+    height = 3 * width // 4
+    boxes = selective_search(scene(width, height), ProposalConfig(resize_width=resize_width, min_size=20))
+    assert_valid_boxes(boxes, width, height)
+    # the last merge covers the whole proposal image, which maps back to the whole original
+    assert ((boxes == [0, 0, width - 1, height - 1]).all(axis=1)).any()
+    # min_size applies at the proposal scale: 20 px there is about 20 / scale px here
+    smallest = min((boxes[:, 2] - boxes[:, 0] + 1).min(), (boxes[:, 3] - boxes[:, 1] + 1).min())
+    assert smallest >= np.floor(20 * width / resize_width) - 1
+    if resize_width > width:  # enlarged: windows under 20 px here were 20+ px at the proposal scale
+        assert smallest < 20
+
+
+def test_quality_mode_runs_and_unknown_mode_raises():
+    image = scene(96, 72)
+    fast = selective_search(image, ProposalConfig(mode="fast", resize_width=0, min_size=5))
+    quality = selective_search(image, ProposalConfig(mode="quality", resize_width=0, min_size=5))
+    assert_valid_boxes(fast, 96, 72)
+    assert_valid_boxes(quality, 96, 72)
+    assert len(quality) > len(fast)  # more colour spaces, ks and strategies
+    with pytest.raises(ValueError, match="mode"):
+        selective_search(image, ProposalConfig(mode="slow"))
+
+
+def test_with_ground_truth_prepends_gt_boxes():
+    proposals = np.array([[0, 0, 9, 9], [5, 5, 20, 20]], dtype=np.float32)
+    gt = np.array([[1, 2, 3, 4]])
+    boxes = with_ground_truth(proposals, gt)
+    assert boxes.dtype == np.float64
+    np.testing.assert_array_equal(boxes, [[1, 2, 3, 4], [0, 0, 9, 9], [5, 5, 20, 20]])
+    assert with_ground_truth(proposals, np.zeros((0, 4))).shape == (2, 4)
+
+
+@pytest.fixture
+def image_items(tmp_path):
+    """Three readable PNGs and one corrupt file, as (key, path) pairs."""
+    items = [(f"img{i}", write_png(tmp_path / f"img{i}.png", scene(120, 90, seed=i))) for i in range(3)]
+    corrupt = tmp_path / "broken.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    return items + [("broken", corrupt)]
+
+
+CONFIG = ProposalConfig(resize_width=0, min_size=10, max_proposals=300)
+
+
+def test_store_caches_and_second_run_reads_no_image(tmp_path, image_items, monkeypatch):
+    calls = []
+
+    def counting_search(image, config):
+        calls.append(image.shape)
+        return selective_search(image, config)
+
+    monkeypatch.setattr(store_module, "selective_search", counting_search)
+    store = ProposalStore(Cache(tmp_path / "cache"), CONFIG)
+    first, failures = store.compute_all(image_items, progress=True)
+    assert len(calls) == 3 and set(first) == {"img0", "img1", "img2"}
+    assert set(failures) == {"broken"} and "broken.jpg" in failures["broken"]
+    assert (store.cache.directory("proposals", store.fingerprint) / "meta.json").is_file()
+
+    def no_reading(path):
+        raise AssertionError(f"{path} was read although its boxes are cached")
+
+    monkeypatch.setattr(store_module, "load_image", no_reading)
+    again, _ = ProposalStore(Cache(tmp_path / "cache"), CONFIG).compute_all(image_items[:3], progress=False)
+    assert len(calls) == 3
+    for key, boxes in first.items():
+        assert again[key].dtype == np.float64
+        np.testing.assert_array_equal(again[key], boxes)
+        np.testing.assert_array_equal(store.get(key, image_items[0][1]), boxes)
+
+
+def test_store_get_computes_once_and_raises_for_a_bad_image(tmp_path, image_items):
+    store = ProposalStore(Cache(tmp_path / "cache"), CONFIG)
+    key, path = image_items[0]
+    boxes = store.get(key, path)
+    assert_valid_boxes(boxes, 120, 90)
+    assert store.cache.has("proposals", store.fingerprint, key)
+    with pytest.raises(ImageError, match="broken.jpg"):
+        store.get(*image_items[-1])
+
+
+def test_an_interrupted_run_keeps_the_images_it_finished(tmp_path, image_items, monkeypatch):
+    done = []
+
+    def interrupted_after_one(image, config):
+        if done:
+            raise KeyboardInterrupt
+        done.append(True)
+        return selective_search(image, config)
+
+    monkeypatch.setattr(store_module, "selective_search", interrupted_after_one)
+    store = ProposalStore(Cache(tmp_path / "cache"), CONFIG)
+    with pytest.raises(KeyboardInterrupt):
+        store.compute_all(image_items[:3], progress=False)
+    assert store.cache.has("proposals", store.fingerprint, "img0")
+    assert not store.cache.has("proposals", store.fingerprint, "img1")
+
+
+def test_two_workers_match_one_and_survive_a_corrupt_image(tmp_path, image_items):
+    # the corrupt file first, so it is not merely the last job to finish
+    items = image_items[-1:] + image_items[:-1]
+    serial, serial_failures = ProposalStore(Cache(tmp_path / "c1"), CONFIG, workers=1).compute_all(items, progress=False)
+    parallel_store = ProposalStore(Cache(tmp_path / "c2"), CONFIG, workers=2)
+    parallel, parallel_failures = parallel_store.compute_all(items, progress=False)
+    assert set(parallel) == set(serial) == {"img0", "img1", "img2"}
+    for key in serial:
+        np.testing.assert_array_equal(parallel[key], serial[key])
+        assert parallel_store.cache.has("proposals", parallel_store.fingerprint, key)
+    assert parallel_failures == serial_failures
+    assert "broken.jpg" in parallel_failures["broken"] and "\n" not in parallel_failures["broken"]
+    assert not parallel_store.cache.has("proposals", parallel_store.fingerprint, "broken")
+
+
+def test_load_rcnn_proposals_converts_one_based_yx_to_zero_based_xy(tmp_path):
+    ids = np.empty((1, 2), dtype=object)
+    ids[0, :] = ["000005", "000007"]
+    cells = np.empty((1, 2), dtype=object)
+    cells[0, 0] = np.array([[1, 2, 30, 40], [5, 6, 7, 8]], dtype=np.float64)  # [y1 x1 y2 x2], 1-based
+    cells[0, 1] = np.zeros((0, 4))
+    path = tmp_path / "voc_2007_test.mat"
+    scipy.io.savemat(path, {"images": ids, "boxes": cells})
+    loaded = load_rcnn_proposals(path)
+    assert set(loaded) == {"000005", "000007"}
+    np.testing.assert_array_equal(loaded["000005"], [[1, 0, 39, 29], [5, 4, 7, 6]])
+    assert loaded["000007"].shape == (0, 4)
