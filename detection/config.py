@@ -33,6 +33,9 @@ class ProposalConfig:
 class FeatureConfig:
     """Backbone, scales, projection and spatial pyramid (§1–§4)."""
 
+    # "spp": conv layers once per image, windows pooled from the shared map (SPP-net);
+    # "rcnn": each window cropped with context, warped and run through the conv layers (R-CNN, §11)
+    mode: str = "spp"
     backbone: str = "efficientnet_lite0"
     backbone_weights: str | None = None  # a local state-dict file; None = the backbone's default
     scales: tuple[int, ...] = SINGLE_SCALE  # shorter image side s; FIVE_SCALES for multi-scale
@@ -46,6 +49,8 @@ class FeatureConfig:
     projection: str = "paper"
     official_offset: float = 6.5
     pyramid_levels: tuple[int, ...] = (1, 2, 3, 6)  # §3: 50 bins
+    rcnn_context: int = 16  # R-CNN mode: pixels of context around each window before warping
+    rcnn_batch_size: int = 128  # R-CNN mode: warped windows per conv batch
 
 
 @dataclass(frozen=True)

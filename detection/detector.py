@@ -17,10 +17,11 @@ import torch
 from detection.boxes import apply_bbox_deltas, batched_nms, clip_boxes
 from detection.cache import Cache, atomic_write_bytes
 from detection.config import SPPConfig
+from detection.errors import SppnetError
 from detection.images import as_rgb_array
 from detection.results import Detections
 from features.backbones import Backbone, build_backbone
-from features.extractor import SPPFeatureExtractor
+from features.extractor import build_extractor
 from proposals.selective_search import selective_search
 from svm.bbox_regression import BoxRegressor
 
@@ -40,7 +41,7 @@ def weights_id(backbone: Backbone) -> str:
     return digest.hexdigest()[:16]
 
 
-class ModelFileError(ValueError):
+class ModelFileError(SppnetError, ValueError):
     """A model file that cannot be loaded; the message names the file."""
 
 
@@ -58,8 +59,8 @@ class Detector:
         self.config = config
         self.classes = tuple(classes)
         self.device = torch.device(device or default_device())
-        self.extractor = SPPFeatureExtractor(backbone, config.features, self.device, cache=cache,
-                                             weights_id=weights_id(backbone))
+        self.extractor = build_extractor(backbone, config.features, self.device, cache=cache,
+                                         weights_id=weights_id(backbone))
         self.svm_weights = torch.as_tensor(np.asarray(svm_weights, dtype=np.float32), device=self.device)
         self.svm_bias = torch.as_tensor(np.asarray(svm_bias, dtype=np.float32), device=self.device)
         self.feature_scale = float(feature_scale)
@@ -118,6 +119,11 @@ class Detector:
         return self.detect_with_maps(self.compute_maps(image), proposals, image.shape[:2])
 
     __call__ = detect
+
+    def detect_batch(self, images, proposals: list[np.ndarray] | None = None) -> list[Detections]:
+        """Several images (paths, PIL images or arrays) -> their detections, in order."""
+        proposals = proposals if proposals is not None else [None] * len(images)
+        return [self.detect(image, boxes) for image, boxes in zip(images, proposals)]
 
     # -- the model file -----------------------------------------------------------------------
     def state(self) -> dict:

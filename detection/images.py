@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from detection.errors import SppnetError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
-class ImageError(ValueError):
+class ImageError(SppnetError, ValueError):
     """An image that cannot be used; ``str(err)`` is ``"<path>: <reason>"``."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

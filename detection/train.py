@@ -20,17 +20,18 @@ from detection.boxes import box_iou
 from detection.cache import Cache, atomic_write_bytes
 from detection.config import SPPConfig
 from detection.detector import Detector, default_device, weights_id
+from detection.errors import SppnetError
 from detection.images import load_image
 from detection.voc import ImageRecord, VOCDataset
 from features.backbones import build_backbone
-from features.extractor import SPPFeatureExtractor
+from features.extractor import build_extractor
 from proposals.store import ProposalStore, with_ground_truth
 from svm.bbox_regression import BoxRegressor, regression_training_set
 from svm.feature_norm import feature_norm_scale, sample_indices
 from svm.hard_negatives import HardNegativeSVMs
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SppnetError, RuntimeError):
     """Training cannot go on (e.g. images whose proposals failed); the message says which."""
 
 
@@ -59,6 +60,20 @@ def training_windows(record: ImageRecord, proposals: np.ndarray, num_classes: in
     gt_positive = ~record.difficult
     positive_labels[: len(record.boxes)][gt_positive] = record.labels[gt_positive]
     return TrainingWindows(record, boxes, overlaps, positive_labels)
+
+
+def summarise_svm_history(history: list[dict], classes: tuple[str, ...]) -> str:
+    """One line per class: retrains, final positives/negatives and objective (R-CNN's log, condensed)."""
+    lines = []
+    for label, name in enumerate(classes):
+        entries = [h for h in history if h["class"] == label]
+        if entries:
+            last = entries[-1]
+            lines.append(f"svm {name}: {len(entries)} retrain(s), {last['n_pos']} positives, "
+                         f"{last['n_neg']} cached negatives, objective {last['total']:.4f}")
+        else:
+            lines.append(f"svm {name}: not trained (no positives)")
+    return "\n".join(lines)
 
 
 class Trainer:
@@ -93,22 +108,22 @@ class Trainer:
             raise TrainingError(f"{len(failures)} training image(s) could not be read:\n{lines}")
         return boxes
 
-    def conv_stage(self, extractor: SPPFeatureExtractor, dataset: VOCDataset) -> None:
+    def conv_stage(self, extractor, dataset: VOCDataset) -> None:
         for record in self._bar(dataset, "conv"):
             extractor.maps(record.image_id, lambda r=record: load_image(r.path))
 
-    def _pooled(self, extractor: SPPFeatureExtractor, record: ImageRecord, boxes: np.ndarray) -> np.ndarray:
+    def _pooled(self, extractor, record: ImageRecord, boxes: np.ndarray) -> np.ndarray:
         maps, image_size = extractor.maps(record.image_id, lambda: load_image(record.path))
         return extractor.pool(maps, boxes, image_size).cpu().numpy()
 
-    def feature_scale_stage(self, extractor: SPPFeatureExtractor, windows: list[TrainingWindows]) -> float:
+    def feature_scale_stage(self, extractor, windows: list[TrainingWindows]) -> float:
         cfg = self.config.svm
         picks = sample_indices([len(w.boxes) for w in windows], n_images=cfg.norm_images,
                                n_boxes=cfg.norm_boxes_per_image, seed=cfg.norm_seed)
         samples = (self._pooled(extractor, windows[i].record, windows[i].boxes[boxes]) for i, boxes in picks)
         return feature_norm_scale(samples, target=cfg.feature_norm_target)
 
-    def svm_stage(self, extractor: SPPFeatureExtractor, windows: list[TrainingWindows], scale: float,
+    def svm_stage(self, extractor, windows: list[TrainingWindows], scale: float,
                   num_classes: int) -> HardNegativeSVMs:
         positives, labels = [], []
         for w in self._bar(windows, "svm positives"):
@@ -127,7 +142,7 @@ class Trainer:
         svms = HardNegativeSVMs.from_config(self.config.svm)
         return svms.fit(x_pos, y_pos, negative_images(), num_classes=num_classes)
 
-    def bbox_stage(self, extractor: SPPFeatureExtractor, windows: list[TrainingWindows], scale: float,
+    def bbox_stage(self, extractor, windows: list[TrainingWindows], scale: float,
                    num_classes: int) -> BoxRegressor:
         features, targets, labels = [], [], []
         for w in self._bar(windows, "bbox regression"):
@@ -152,14 +167,13 @@ class Trainer:
         num_classes = len(dataset.classes)
         proposals = self._timed("proposals", self.proposal_stage, dataset)
         backbone = build_backbone(cfg.features.backbone, cfg.features.backbone_weights)
-        extractor = SPPFeatureExtractor(backbone, cfg.features, self.device, cache=self.cache,
-                                        weights_id=weights_id(backbone))
+        extractor = build_extractor(backbone, cfg.features, self.device, cache=self.cache,
+                                    weights_id=weights_id(backbone))
         self._timed("conv", self.conv_stage, extractor, dataset)
         windows = [training_windows(r, proposals[r.image_id], num_classes) for r in dataset]
         scale = self._timed("feature_norm", self.feature_scale_stage, extractor, windows)
         svms = self._timed("svm", self.svm_stage, extractor, windows, scale, num_classes)
-        for entry in svms.history_:
-            self.log(f"svm retrain: {entry}") if self.progress else None
+        self.log(summarise_svm_history(svms.history_, dataset.classes))
         regressor = None
         if cfg.bbox.enabled:
             regressor = self._timed("bbox", self.bbox_stage, extractor, windows, scale, num_classes)

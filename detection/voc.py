@@ -11,13 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
+from detection.errors import SppnetError
+
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
 
 
-class DatasetError(ValueError):
+class DatasetError(SppnetError, ValueError):
     """A VOC directory or annotation that cannot be used; the message names the file."""
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from detection.errors import SppnetError
 from features.receptive_field import conv_geometry
 
 BACKBONES = ("efficientnet_lite0", "alexnet", "vgg16", "zf5")
@@ -36,7 +37,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ZF_PIXEL_MEAN = 128.0  # official SPP code: BGR minus a constant 128, no scaling
 
 
-class WeightsError(RuntimeError):
+class WeightsError(SppnetError, RuntimeError):
     """Backbone weights that cannot be had; the one-line message says what to do instead."""
 
 

@@ -105,3 +105,19 @@ class SPPFeatureExtractor:
                                   rule=cfg.projection, offset=cfg.official_offset)
             out[selected] = spatial_pyramid_pool(fmap.float(), cells, cfg.pyramid_levels).float()
         return out
+
+
+def build_extractor(backbone: Backbone, config: FeatureConfig, device: torch.device | str = "cpu",
+                    cache: Cache | None = None, weights_id: str = ""):
+    """The window-feature extractor of ``config.mode``: SPP-net's (conv once) or R-CNN's (conv per window).
+
+    Both offer ``maps(key, load_image)``, ``compute_maps(image)``, ``pool(maps, boxes, image_size)``
+    and ``output_dim``, so training and detection code is the same for the two.
+    """
+    if config.mode == "spp":
+        return SPPFeatureExtractor(backbone, config, device, cache=cache, weights_id=weights_id)
+    if config.mode == "rcnn":
+        from features.rcnn import RCNNFeatureExtractor
+
+        return RCNNFeatureExtractor(backbone, config, device)
+    raise ValueError(f"unknown feature mode {config.mode!r}; choose 'spp' or 'rcnn'")

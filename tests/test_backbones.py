@@ -9,7 +9,14 @@ import torch
 import torchvision
 from torch import nn
 
-from features.backbones import BACKBONES, Backbone, WeightsError, WithinChannelLRN, build_backbone, zf5_body
+from features.backbones import (
+    BACKBONES,
+    Backbone,
+    WeightsError,
+    WithinChannelLRN,
+    build_backbone,
+    zf5_body,
+)
 from features.receptive_field import conv_geometry, measure_receptive_field
 
 # name -> (channels, stride S, first-cell centre c0 in 0-based pixels, crop size)

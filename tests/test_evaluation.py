@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detection.evaluation import evaluate_class, evaluate_detections, format_ap_table, voc_ap
+from detection.evaluation import (
+    evaluate_class,
+    evaluate_detections,
+    format_ap_table,
+    voc_ap,
+)
 from detection.results import Detections, read_devkit_results, write_devkit_results
 from detection.voc import VOCDataset
 

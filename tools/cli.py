@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from detection.errors import SppnetError
 from tools import demo, detect_net, eval_net, test_net, train_net
 
 COMMANDS = {
@@ -32,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished work is kept in the caches; rerun to continue", file=sys.stderr)
         return 130
-    except (ValueError, RuntimeError, OSError) as err:
-        # the library raises one-line, file-naming errors; show them without a traceback
+    except (SppnetError, OSError) as err:
+        if os.environ.get("SPPNET_DEBUG"):
+            raise
         print(f"sppnet {args.command}: error: {err}", file=sys.stderr)
         return 2
 

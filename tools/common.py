@@ -5,6 +5,7 @@ import argparse
 import os
 
 from detection.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
+from features.backbones import BACKBONES
 
 
 def parse_scales(text: str) -> tuple[int, ...]:
@@ -37,8 +38,10 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     d = SPPConfig()
     g = parser.add_argument_group("model (defaults follow the paper; see detection/config.py)")
-    g.add_argument("--backbone", default=d.features.backbone,
-                   help="efficientnet_lite0 (offline ImageNet weights), alexnet, vgg16 or zf5 (default: %(default)s)")
+    g.add_argument("--mode", choices=("spp", "rcnn"), default=d.features.mode,
+                   help="spp: conv once per image (SPP-net); rcnn: conv per warped window (R-CNN baseline)")
+    g.add_argument("--backbone", choices=BACKBONES, default=d.features.backbone,
+                   help="efficientnet_lite0 has offline ImageNet weights (default: %(default)s)")
     g.add_argument("--backbone-weights", metavar="PATH", default=None,
                    help="a local state-dict file for the backbone (torchvision key names for alexnet/vgg16)")
     g.add_argument("--scales", type=parse_scales, default=d.features.scales,
@@ -66,7 +69,7 @@ def config_from_args(args: argparse.Namespace) -> SPPConfig:
     return SPPConfig().replace(
         proposals={"mode": args.proposal_mode, "resize_width": args.proposal_width,
                    "max_proposals": args.max_proposals, "min_size": args.min_proposal_size},
-        features={"backbone": args.backbone, "backbone_weights": args.backbone_weights, "scales": args.scales,
+        features={"mode": args.mode, "backbone": args.backbone, "backbone_weights": args.backbone_weights, "scales": args.scales,
                   "scale_rule": args.scale_rule, "projection": args.projection, "pyramid_levels": args.pyramid},
         svm={"C": args.svm_c},
         bbox={"enabled": not args.no_bbox_reg, "ridge_lambda": args.bbox_lambda,

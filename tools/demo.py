@@ -5,7 +5,6 @@ import argparse
 import time
 from pathlib import Path
 
-from detection.cache import Cache
 from detection.demo_data import make_demo_dataset
 from detection.evaluation import format_ap_table
 from detection.inference import test_model

@@ -5,7 +5,12 @@ import argparse
 
 from detection.train import Trainer
 from detection.voc import VOCDataset
-from tools.common import add_config_arguments, add_runtime_arguments, config_from_args, parse_classes
+from tools.common import (
+    add_config_arguments,
+    add_runtime_arguments,
+    config_from_args,
+    parse_classes,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
