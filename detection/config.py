@@ -54,6 +54,32 @@ class FeatureConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning fc6 → fc7 → (K+1)-way fc8 on SPP features, conv layers frozen (§6)."""
+
+    hidden: int = 4096  # fc6 and fc7 widths
+    dropout: float = 0.5
+    fc8_init_std: float = 0.01  # new fc8 ~ N(0, 0.01²)
+    batch_size: int = 128  # windows per mini-batch
+    fg_fraction: float = 0.25  # 25% foreground ...
+    fg_threshold: float = 0.5  # ... at max IoU >= 0.5
+    bg_low: float = 0.1  # background: max IoU in [0.1, 0.5)
+    bg_high: float = 0.5
+    flip: bool = True  # horizontally flipped training images added
+    # "random": a random scale per window while training (official code); "chosen": the §4 rule
+    scale_sampling: str = "random"
+    # "official": lr 1e-3, ×0.1 at 30k and 60k; "paper": 1e-4 for 250k then 1e-5 for 50k.
+    # ``iterations`` shortens either proportionally (a small default suits a CPU).
+    schedule: str = "official"
+    iterations: int = 2000
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    bias_lr_multiplier: float = 2.0
+    checkpoint_every: int = 500
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class SVMConfig:
     """Per-class linear SVMs with hard-negative mining (§7, R-CNN's recipe)."""
 
@@ -94,6 +120,7 @@ class TestConfig:
 class SPPConfig:
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     svm: SVMConfig = field(default_factory=SVMConfig)
     bbox: BBoxConfig = field(default_factory=BBoxConfig)
     test: TestConfig = field(default_factory=TestConfig)
