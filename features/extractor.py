@@ -80,11 +80,13 @@ class SPPFeatureExtractor:
             self.cache.put(CONV_STAGE, self.conv_fingerprint, key, {**arrays, "image_size": np.array(image.shape[:2])})
         return maps, image.shape[:2]
 
-    def pool(self, maps: list[torch.Tensor], boxes: np.ndarray, image_size: tuple[int, int]) -> torch.Tensor:
+    def pool(self, maps: list[torch.Tensor], boxes: np.ndarray, image_size: tuple[int, int],
+             scale_index: torch.Tensor | None = None) -> torch.Tensor:
         """Windows (N, 4) in original image coordinates -> (N, D) float32 SPP vectors on the device.
 
-        Each window is pooled from the one scale chosen for it (§4); the loop is over scales,
-        never over windows.
+        Each window is pooled from one scale: ``scale_index`` (N,) int64 into ``config.scales``
+        when given (fine-tuning draws a random scale per window, as the official code), else the
+        one the §4 rule chooses. The loop is over scales, never over windows.
         """
         cfg = self.config
         height, width = image_size
@@ -92,9 +94,14 @@ class SPPFeatureExtractor:
         out = torch.empty((len(boxes_t), self.output_dim), dtype=torch.float32, device=self.device)
         if len(boxes_t) == 0:
             return out
-        scale_index = choose_scales(boxes_t, (height, width), cfg.scales, rule=cfg.scale_rule,
-                                    paper_target_side=cfg.paper_target_side,
-                                    official_target_side=cfg.official_target_side)
+        if scale_index is None:
+            scale_index = choose_scales(boxes_t, (height, width), cfg.scales, rule=cfg.scale_rule,
+                                        paper_target_side=cfg.paper_target_side,
+                                        official_target_side=cfg.official_target_side)
+        else:
+            scale_index = torch.as_tensor(scale_index, dtype=torch.int64, device=self.device).reshape(-1)
+            if len(scale_index) != len(boxes_t) or bool(((scale_index < 0) | (scale_index >= len(maps))).any()):
+                raise ValueError(f"scale_index must hold one index in [0, {len(maps)}) per window")
         factors = image_scale_factors(height, width, cfg.scales)
         for i, fmap in enumerate(maps):
             selected = torch.nonzero(scale_index == i).squeeze(1)
@@ -103,7 +110,10 @@ class SPPFeatureExtractor:
             cells = project_boxes(boxes_t[selected] * float(factors[i]), self.backbone.stride,
                                   self.backbone.first_center, tuple(fmap.shape[-2:]),
                                   rule=cfg.projection, offset=cfg.official_offset)
-            out[selected] = spatial_pyramid_pool(fmap.float(), cells, cfg.pyramid_levels).float()
+            pooled = spatial_pyramid_pool(fmap.float(), cells, cfg.pyramid_levels).float()
+            if len(selected) == len(boxes_t):  # all windows at one scale: skip the (N, D) scatter copy
+                return pooled
+            out[selected] = pooled
         return out
 
 

@@ -1,0 +1,166 @@
+"""The fc head (recipe §6): shapes, layer features, and widening a pretrained single-grid fc6."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detection.config import FinetuneConfig
+from features.backbones import build_backbone
+from features.head import FCHead, build_head, widen_fc6
+from features.spp import spatial_pyramid_pool, spp_output_dim
+
+LEVELS = (1, 2, 3, 6)
+# inclusive cell boxes (x0, y0, x1, y1): exactly 6×6 cells (each 6-level bin one cell), larger
+# windows whose bins overlap, and windows smaller than the grid (bins repeat cells)
+WINDOWS = torch.tensor([[3, 2, 8, 7], [0, 0, 12, 12], [4, 1, 20, 16], [5, 5, 9, 14], [2, 3, 3, 4], [0, 0, 23, 17]])
+
+
+def grid_features(fmap: torch.Tensor, cells: torch.Tensor, grid: int) -> torch.Tensor:
+    """What a pretrained single-grid fc6 reads: each window's g×g max pooling, flattened as torchvision does.
+
+    Adaptive max pooling's bins, floor(i·w/g) .. ceil((i+1)·w/g) - 1, are SPP's (§3).
+    """
+    crops = [fmap[:, y0:y1 + 1, x0:x1 + 1] for x0, y0, x1, y1 in cells.tolist()]
+    return torch.stack([torch.flatten(F.adaptive_max_pool2d(c, grid)) for c in crops])
+
+
+def alexnet_like_classifier(in_features: int, hidden: int) -> nn.Sequential:
+    """torchvision AlexNet's classifier layout: dropout, fc6, ReLU, dropout, fc7, ReLU, fc8."""
+    return nn.Sequential(nn.Dropout(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(),
+                         nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1000))
+
+
+@pytest.fixture(scope="module")
+def zf5():
+    torch.manual_seed(0)
+    return build_backbone("zf5", pretrained=False)
+
+
+def test_fc_head_shapes_and_layers():
+    torch.manual_seed(0)
+    head = FCHead(40, hidden=16, num_classes=3).eval()
+    x = torch.rand(5, 40)
+    assert head(x).shape == (5, 4)
+    fc6, fc7 = head.features(x, "fc6"), head.features(x, "fc7")
+    assert fc6.shape == fc7.shape == (5, 16)
+    assert (fc6 >= 0).all() and (fc7 >= 0).all()  # post-ReLU
+    assert torch.equal(fc6, F.relu(head.fc6(x)))
+    assert torch.equal(fc7, F.relu(head.fc7(fc6)))
+    assert torch.equal(head(x), head.fc8(fc7))
+    assert (head.in_dim, head.hidden, head.num_classes) == (40, 16, 3)
+    with pytest.raises(ValueError, match="fc8"):
+        head.features(x, "fc8")
+
+
+def test_fc_head_dropout_only_in_train_mode():
+    torch.manual_seed(0)
+    head = FCHead(40, hidden=256, num_classes=3)
+    x = torch.rand(4, 40)
+    head.train()
+    assert not torch.equal(head.features(x, "fc6"), head.features(x, "fc6"))
+    assert (head.features(x, "fc6") == 0).float().mean() > 0.3
+    head.eval()
+    assert torch.equal(head.features(x, "fc7"), head.features(x, "fc7"))
+
+
+def test_fc8_initialisation_and_no_fc8_head():
+    torch.manual_seed(0)
+    head = FCHead(8, hidden=2000, num_classes=20)
+    assert head.fc8.weight.shape == (21, 2000)
+    assert torch.equal(head.fc8.bias, torch.zeros(21))
+    assert head.fc8.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert head.fc8.weight.mean().abs().item() < 1e-3
+    features_only = FCHead(8, hidden=4)
+    assert features_only.fc8 is None
+    assert features_only.features(torch.rand(2, 8), "fc7").shape == (2, 4)
+    with pytest.raises(RuntimeError, match="no fc8"):
+        features_only(torch.rand(2, 8))
+
+
+@pytest.mark.parametrize("levels, grid", [((1, 2, 3, 6), 6), ((6, 3, 2, 1), 6), ((1, 2, 3, 7), 7), ((2, 4), 4)])
+def test_widened_fc6_equals_pretrained_fc6_on_the_grid(levels, grid):
+    torch.manual_seed(0)
+    channels, hidden = 8, 32
+    fmap = torch.relu(torch.randn(channels, 18, 24))
+    pretrained = nn.Linear(channels * grid * grid, hidden)
+    widened = widen_fc6(pretrained, channels, grid, levels)
+    assert widened.in_features == spp_output_dim(channels, levels)
+    spp = spatial_pyramid_pool(fmap, WINDOWS, levels)
+    grids = grid_features(fmap, WINDOWS, grid)
+    torch.testing.assert_close(widened(spp), pretrained(grids), rtol=1e-5, atol=1e-5)
+    # the g-level block of the SPP vector is the grid itself, and only that block has weights
+    start = spp_output_dim(channels, levels[:levels.index(grid)])
+    block = slice(start, start + channels * grid * grid)
+    assert torch.equal(spp[:, block], grids)
+    assert torch.equal(widened.weight[:, block], pretrained.weight)
+    assert widened.weight.count_nonzero() == pretrained.weight.count_nonzero()
+    assert torch.equal(widened.bias, pretrained.bias)
+
+
+def test_one_cell_per_bin_window_is_the_grid():
+    """A 6×6-cell window: its 6-level bins are single cells, so the grid is the window's cells."""
+    fmap = torch.relu(torch.randn(4, 10, 10))
+    spp = spatial_pyramid_pool(fmap, torch.tensor([[2, 3, 7, 8]]), LEVELS)
+    start = spp_output_dim(4, (1, 2, 3))
+    assert torch.equal(spp[0, start:], fmap[:, 3:9, 2:8].flatten())
+
+
+def test_widen_fc6_refuses_a_grid_missing_from_the_pyramid():
+    vgg_fc6 = nn.Linear(512 * 7 * 7, 8)
+    with pytest.raises(ValueError, match=r"no 7×7 level.*--pyramid 1,2,3,7"):
+        widen_fc6(vgg_fc6, 512, 7, (1, 2, 3, 6))
+    with pytest.raises(ValueError, match="does not belong"):
+        widen_fc6(nn.Linear(100, 8), 512, 7, (1, 2, 3, 7))
+
+
+def test_build_head_widens_a_pretrained_classifier(zf5, monkeypatch):
+    hidden = 64
+    torch.manual_seed(1)
+    classifier = alexnet_like_classifier(zf5.channels * 36, hidden)
+    monkeypatch.setattr(zf5, "pretrained_head", classifier)
+    monkeypatch.setattr(zf5, "head_grid", 6)
+    config = FinetuneConfig(hidden=hidden)
+    rng_before = torch.get_rng_state()
+    head = build_head(zf5, LEVELS, config, num_classes=5).eval()
+    assert torch.equal(torch.get_rng_state(), rng_before)  # seeded without touching the global RNG
+    assert head.in_dim == spp_output_dim(zf5.channels, LEVELS) and head.fc8.out_features == 6
+    assert torch.equal(head.fc7.weight, classifier[4].weight) and torch.equal(head.fc7.bias, classifier[4].bias)
+    # the widened net equals the original on the matching grid, through fc6 and fc7
+    fmap = torch.relu(torch.randn(zf5.channels, 18, 24))
+    original = classifier[:6].eval()
+    torch.testing.assert_close(head.features(spatial_pyramid_pool(fmap, WINDOWS, LEVELS), "fc7"),
+                               original(grid_features(fmap, WINDOWS, 6)), rtol=1e-5, atol=1e-5)
+    fresh = build_head(zf5, LEVELS, config, num_classes=5, pretrained=False)
+    assert not torch.equal(fresh.fc7.weight, head.fc7.weight)
+    assert fresh.fc6.weight.count_nonzero() == fresh.fc6.weight.numel()
+    with pytest.raises(ValueError, match="64 wide"):
+        build_head(zf5, LEVELS, FinetuneConfig(hidden=32), num_classes=5)
+    with pytest.raises(ValueError, match="no 6×6 level"):
+        build_head(zf5, (1, 2, 4), config, num_classes=5)
+
+
+def test_build_head_fresh_is_seeded(zf5):
+    assert zf5.pretrained_head is None
+    config = FinetuneConfig(hidden=32, seed=3)
+    first = build_head(zf5, (1, 2), config, num_classes=4)
+    again = build_head(zf5, (1, 2), config, num_classes=4)
+    other = build_head(zf5, (1, 2), FinetuneConfig(hidden=32, seed=4), num_classes=4)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    assert not torch.equal(first.fc6.weight, other.fc6.weight)
+    assert first.in_dim == zf5.channels * 5 and first.hidden == 32 and first.fc8.out_features == 5
+
+
+def test_build_head_on_torchvision_alexnet():
+    """The real layout: classifier[1:6] of torchvision's AlexNet, 9216 → 4096 → 4096, widened to 12,800 inputs."""
+    torch.manual_seed(0)
+    alexnet = build_backbone("alexnet", pretrained=False)
+    head = build_head(alexnet, LEVELS, FinetuneConfig(), num_classes=20).eval()
+    assert (head.fc6.in_features, head.hidden, head.fc8.out_features) == (12800, 4096, 21)
+    fmap = torch.relu(torch.randn(256, 14, 16))
+    cells = WINDOWS[:2]
+    with torch.no_grad():
+        torch.testing.assert_close(head.features(spatial_pyramid_pool(fmap, cells, LEVELS), "fc7"),
+                                   alexnet.pretrained_head.eval()(grid_features(fmap, cells, 6)),
+                                   rtol=1e-4, atol=1e-5)
