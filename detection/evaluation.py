@@ -165,13 +165,12 @@ def _flatten(detections: dict[str, Detections], num_classes: int):
     return ids, scores, boxes, labels
 
 
-def evaluate_detections(dataset: VOCDataset, detections: dict[str, Detections], metric: str = "voc07",
-                        iou_threshold: float = 0.5) -> dict:
-    """Per-class AP and mAP of ``detections`` (image id -> Detections; labels index ``dataset.classes``).
+def class_curves(dataset: VOCDataset, detections: dict[str, Detections], metric: str = "voc07",
+                 iou_threshold: float = 0.5) -> dict[str, tuple[float, np.ndarray, np.ndarray]]:
+    """Class name -> (AP, recall (M,), precision (M,)) of :func:`evaluate_class`, for every class.
 
     Images of the split without an entry have no detections; an entry for an image outside the
     split is an error (the devkit's "unrecognized image"), as it means results of another split.
-    Returns ``{"metric": metric, "mAP": float, "ap": {class name: float, ...}}``, JSON-ready.
     """
     _check_metric(metric)
     split_ids = {record.image_id for record in dataset}
@@ -181,11 +180,22 @@ def evaluate_detections(dataset: VOCDataset, detections: dict[str, Detections], 
                          f"of {dataset.root}, e.g. '{unknown[0]}'")
     ids, scores, boxes, labels = _flatten(detections, len(dataset.classes))
     ground_truth = _ground_truth_by_class(dataset)
-    ap = {}
+    curves = {}
     for label, name in enumerate(dataset.classes):
         mine = labels == label
-        ap[name] = evaluate_class(ids[mine], scores[mine], boxes[mine], ground_truth[label],
-                                  iou_threshold=iou_threshold, metric=metric)[0]
+        curves[name] = evaluate_class(ids[mine], scores[mine], boxes[mine], ground_truth[label],
+                                      iou_threshold=iou_threshold, metric=metric)
+    return curves
+
+
+def evaluate_detections(dataset: VOCDataset, detections: dict[str, Detections], metric: str = "voc07",
+                        iou_threshold: float = 0.5) -> dict:
+    """Per-class AP and mAP of ``detections`` (image id -> Detections; labels index ``dataset.classes``).
+
+    Checks the image ids as :func:`class_curves` does.
+    Returns ``{"metric": metric, "mAP": float, "ap": {class name: float, ...}}``, JSON-ready.
+    """
+    ap = {name: curve[0] for name, curve in class_curves(dataset, detections, metric, iou_threshold).items()}
     return {"metric": metric, "mAP": float(np.mean(list(ap.values()))), "ap": ap}
 
 

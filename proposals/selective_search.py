@@ -36,18 +36,26 @@ _MODES = {
 }
 
 
-def _proposal_image(image: np.ndarray, resize_width: int) -> tuple[np.ndarray, float]:
+def _proposal_scale(height: int, width: int, resize_width: int, max_side: int) -> float:
+    """W' / W of the proposal image: width ``resize_width`` (1 if <= 0), longer side at most ``max_side``."""
+    scale = resize_width / width if resize_width > 0 else 1.0
+    if max_side > 0 and max(height, width) * scale > max_side:
+        scale = max_side / max(height, width)
+    return scale
+
+
+def _proposal_image(image: np.ndarray, resize_width: int, max_side: int) -> tuple[np.ndarray, float]:
     """(H, W, 3) uint8 RGB -> the (H', W', 3) uint8 BGR image selective search runs on, and W' / W."""
     height, width = image.shape[:2]
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if resize_width <= 0 or resize_width == width:
+    scale = _proposal_scale(height, width, resize_width, max_side)
+    if scale == 1.0:
         return bgr, 1.0
-    scale = resize_width / width
-    new_height = max(1, round(height * scale))
+    new_width, new_height = max(1, round(width * scale)), max(1, round(height * scale))
     # INTER_AREA averages when shrinking (no aliasing, like MATLAB's imresize in R-CNN's demo);
     # it degrades to nearest-neighbour when enlarging, where linear interpolation is smoother.
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    return cv2.resize(bgr, (resize_width, new_height), interpolation=interpolation), scale
+    return cv2.resize(bgr, (new_width, new_height), interpolation=interpolation), scale
 
 
 def _run_selective_search(bgr: np.ndarray, mode: str) -> np.ndarray:
@@ -81,7 +89,8 @@ def _to_original(boxes: np.ndarray, scale: float) -> np.ndarray:
 def selective_search(image: np.ndarray, config: ProposalConfig) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (N, 4) float64 boxes, N <= config.max_proposals (recipe §5).
 
-    Runs on the image resized to width ``config.resize_width`` (unless <= 0), drops windows
+    Runs on the image resized to width ``config.resize_width`` (unless <= 0) and shrunk further
+    when its longer side would exceed ``config.max_side`` (unless <= 0), drops windows
     narrower or shorter than ``config.min_size`` at that size, maps the rest back to the given
     image, clips them and removes duplicates, keeping selective search's order.
     """
@@ -90,7 +99,7 @@ def selective_search(image: np.ndarray, config: ProposalConfig) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
     height, width = image.shape[:2]
-    bgr, scale = _proposal_image(np.ascontiguousarray(image), config.resize_width)
+    bgr, scale = _proposal_image(np.ascontiguousarray(image), config.resize_width, config.max_side)
     boxes = _run_selective_search(bgr, config.mode)
     boxes = boxes[remove_small_boxes(boxes, config.min_size)]
     boxes = clip_boxes(_to_original(boxes, scale), width, height)

@@ -1,58 +1,186 @@
-"""`sppnet detect`: detections for image files and folders.
+"""`sppnet detect`: detections for image files, folders, globs and lists of paths.
 
-Writes OUT/predictions.jsonl, one line per image as it finishes:
-{"file": ..., "width": W, "height": H, "detections": [{"box": [x1, y1, x2, y2], "score": s, "label": name}]}
-with 0-based inclusive pixel boxes. Images that cannot be read are reported and skipped.
-Exit status: 0 when every image succeeded, 1 when any failed, 2 on a usage or model error.
+Images are read and proposed by --workers processes ahead of the conv layers; each result is
+streamed to OUT/predictions.jsonl as it finishes, and OUT/detections.json (COCO format) is
+rebuilt at the end. Rerunning with the same --out skips the images already done.
 """
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from tqdm import tqdm
+from detection.batch import (
+    DETECTIONS, FAILED, PREDICTIONS, BatchError, BatchSummary, DetectionFilter, OutputDir, ReadOptions,
+    class_indices, common_root, detect_files, distributed_env, file_sha1, find_images, gather_counts, shard,
+    share_cores,
+)
+from detection.detector import Detector, default_device
+from detection.images import DEFAULT_MAX_PIXELS
+from tools.common import add_runtime_arguments, parse_classes
 
-from detection.detector import Detector
-from detection.images import IMAGE_EXTENSIONS, ImageError, load_image
-from tools.common import add_runtime_arguments
+# Images whose shorter side is below this many conv strides are refused: they hold fewer than 2x2
+# cells' worth of real pixels, so the rescale to the test scale (688 px) would be pure interpolation.
+MIN_SIDE_STRIDES = 2
+
+EPILOG = """\
+inputs:
+  Directories are searched recursively for .jpg .jpeg .png .bmp .tif .tiff .webp (any case);
+  quoted glob patterns ("photos/**/*.jpg") are expanded the same way; files named directly or
+  in --list (one path per line, # comments) are taken whatever their extension.
+
+outputs under --out:
+  predictions.jsonl  one line per image, written as it finishes:
+                     {"file", "width", "height", "detections": [{"box": [x1, y1, x2, y2],
+                     "score", "label"}]}, boxes in 0-based inclusive pixels
+  detections.json    COCO format (pycocotools COCO() loads it; its "annotations" are in
+                     loadRes format): bbox [x, y, w, h] with x = x1, y = y1, w = x2 - x1 + 1,
+                     h = y2 - y1 + 1; category_id = class index + 1; image ids 1..N by file name
+  failed.tsv         path<TAB>reason of each image that could not be used
+  vis/               with --save-vis: the images with their detections drawn, laid out as
+                     below the deepest directory holding all inputs
+  run.json           the model's hash and the filters: a rerun into the same --out with
+                     another model or other filters is refused rather than mixed in
+  Scores are SVM margins (0 = the decision boundary); the model keeps those above its own
+  threshold (config test.score_threshold, -1.5 by default); --score-thresh raises it.
+
+skipped and failed images:
+  An image that cannot be used (missing, empty, corrupt, truncated, not an image, a shorter
+  side below --min-side, more pixels than --max-pixels) is reported on one line and the batch
+  goes on. The summary counts images done, skipped (done by an earlier run into the same
+  --out) and failed; a rerun tries the failed ones again.
+
+speed:
+  --workers N processes read the images and run selective search ahead of the conv layers
+  (two images per worker in flight at most); the summary gives images/s and the share of
+  the time the main process waited on them: while it is high, more workers help.
+  --workers 0 does everything in the main process. On a CPU the conv layers get the cores
+  the workers leave (at least one) unless OMP_NUM_THREADS is set.
+
+scale-out:
+  --shard i/n takes every n-th image of the sorted input list from the i-th on; the shard that
+  finishes last merges all shards' outputs. Under torchrun (`torchrun --nproc-per-node N -m
+  tools.cli detect ...`) the rank and world size come from RANK/WORLD_SIZE, each rank writes
+  OUT/parts/, and rank 0 merges after a barrier (gloo). --workers counts per process.
+
+exit status:
+  0 when every image succeeded, 1 when any failed (listed in OUT/failed.tsv), 2 on a usage,
+  model or output-directory error.
+"""
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected i/n such as 0/4, got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"need 0 <= i < n, got {text!r}")
+    return index, count
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or directories")
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, directories or glob patterns")
+    parser.add_argument("--list", metavar="FILE", help="a text file of image paths, one per line")
     parser.add_argument("--model", required=True, help="model.pt written by `sppnet train`")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, help="output directory (see below)")
+    parser.add_argument("--score-thresh", type=float, default=None, metavar="S",
+                        help="keep detections scoring at least S (default: the model's threshold)")
+    parser.add_argument("--topk", type=int, default=None, metavar="K", help="keep the K best detections per image")
+    parser.add_argument("--classes", type=parse_classes, default=None, metavar="A,B",
+                        help="keep only these classes (comma-separated names)")
+    parser.add_argument("--save-vis", action="store_true", help="also write OUT/vis/: images with boxes drawn")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse images with more pixels than this (default: %(default)s)")
+    parser.add_argument("--min-side", type=int, default=None,
+                        help=f"refuse images whose shorter side is below this (default: {MIN_SIDE_STRIDES} x the "
+                             "backbone's stride, 32 px for the bundled backbones)")
+    parser.add_argument("--shard", type=parse_shard, default=None, metavar="i/n",
+                        help="process shard i of n (0-based) of the sorted inputs")
     add_runtime_arguments(parser)
 
 
-def image_paths(inputs: list[str]) -> list[Path]:
-    paths = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            paths.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
-        else:
-            paths.append(item)
-    return paths
+def _device(requested: str | None, world: int, local_rank: int) -> str:
+    device = requested or default_device()
+    # one GPU per rank when torchrun starts several on a machine
+    return f"cuda:{local_rank}" if device == "cuda" and world > 1 else device
+
+
+def _print_summary(label: str, done: int, skipped: int, failed: int) -> None:
+    print(f"{label}: {done} done, {skipped} skipped (done by an earlier run), {failed} failed")
+
+
+def _print_speed(summary: BatchSummary) -> None:
+    print(f"{summary.done} images in {summary.seconds:.1f} s: {summary.images_per_second:.2f} images/s, "
+          f"{summary.wait_share:.0%} of the time waiting on proposals")
 
 
 def run(args: argparse.Namespace) -> int:
-    detector = Detector.load(args.model, device=args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    failures = []
-    with open(out / "predictions.jsonl", "w") as stream:
-        for path in tqdm(image_paths(args.inputs), desc="detect", disable=args.quiet):
-            try:
-                image = load_image(path)
-            except ImageError as err:
-                failures.append(err)
-                continue
-            dets = detector.detect(image)
-            record = {"file": str(path), "width": image.shape[1], "height": image.shape[0], "detections": [
-                {"box": [round(float(v), 2) for v in box], "score": float(score), "label": detector.classes[label]}
-                for box, score, label in zip(dets.boxes, dets.scores, dets.labels)]}
-            stream.write(json.dumps(record) + "\n")
-            stream.flush()
-    for err in failures:
-        print(f"skipped: {err}")
-    return 1 if failures else 0
+    rank, world, local_rank = distributed_env()
+    if world > 1 and args.shard is not None:
+        raise BatchError("--shard cannot be combined with torchrun's RANK/WORLD_SIZE: use one or the other")
+    index, count = args.shard or (rank, world)
+    if not args.inputs and args.list is None:
+        raise BatchError("no inputs: give image files, directories, glob patterns or --list FILE")
+    detector = Detector.load(args.model, device=_device(args.device, world, local_rank))
+    if detector.device.type == "cpu":
+        share_cores(args.workers)
+    keep = DetectionFilter(args.score_thresh, args.topk,
+                           class_indices(args.classes, detector.classes) if args.classes else None)
+    paths = find_images(args.inputs, args.list)
+    if not paths:
+        raise BatchError(f"no image files found in {' '.join(args.inputs) or args.list}")
+    out = _open_output(args, index, count)
+    options = ReadOptions(detector.config.proposals, max_pixels=args.max_pixels,
+                          min_side=args.min_side or MIN_SIDE_STRIDES * detector.backbone.stride)
+    summary = detect_files(detector, shard(paths, index, count), out, options, keep, workers=args.workers,
+                           vis_root=common_root(paths) if args.save_vis else None, progress=not args.quiet)
+    label = "detect" if count == 1 else f"shard {index}/{count}"
+    _print_summary(label, summary.done, summary.skipped, len(summary.failed))
+    if summary.done:
+        _print_speed(summary)
+    if world > 1:
+        return _finish_torchrun(out, detector.classes, summary, rank)
+    if count > 1:
+        return _finish_shard(out, detector.classes, summary)
+    out.merge(detector.classes, summary.failed)
+    _print_outputs(out, summary.failed)
+    return 1 if summary.failed else 0
+
+
+def _open_output(args: argparse.Namespace, index: int, count: int) -> OutputDir:
+    """The --out directory of shard ``index`` of ``count``, checked against the settings it was made with."""
+    out = OutputDir(Path(args.out), index, count)
+    out.root.mkdir(parents=True, exist_ok=True)
+    out.check_settings({"model_sha1": file_sha1(args.model), "score_thresh": args.score_thresh,
+                        "topk": args.topk, "classes": list(args.classes) if args.classes else None})
+    out.done_marker.unlink(missing_ok=True)  # this shard is not done until it says so again
+    return out
+
+
+def _finish_torchrun(out: OutputDir, classes, summary: BatchSummary, rank: int) -> int:
+    done, skipped, failed = gather_counts([summary.done, summary.skipped, len(summary.failed)])
+    if rank != 0:
+        # a non-zero exit would make torchrun stop rank 0 in the middle of merging
+        return 0
+    _, failures = out.merge(classes)
+    _print_summary("all ranks", done, skipped, failed)
+    _print_outputs(out, failures)
+    return 1 if failed else 0
+
+
+def _finish_shard(out: OutputDir, classes, summary: BatchSummary) -> int:
+    out.done_marker.touch()
+    if out.all_shards_done():
+        _, failures = out.merge(classes)
+        print(f"all {out.world} shards are done: merged")
+        _print_outputs(out, failures)
+    return 1 if summary.failed else 0
+
+
+def _print_outputs(out: OutputDir, failures: dict[str, str]) -> None:
+    print(f"detections: {out.root / DETECTIONS} (COCO), {out.root / PREDICTIONS}")
+    if failures:
+        print(f"failed images and reasons: {out.root / FAILED}")
