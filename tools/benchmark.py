@@ -1,0 +1,96 @@
+"""`sppnet benchmark`: SPP-net (1 and 5 scales) against R-CNN, timed on the same images and proposals.
+
+Prints per-image conv, pooling + fc, SVM + NMS + box-regression and total times, the speedups over
+R-CNN and peak memory, as a table shaped like the paper's; --json writes the same as JSON. Without
+--model the detector is untrained (random backbone unless --backbone-weights, random SVMs): timing
+needs no training. Proposals are padded by repetition, or cut, to exactly --max-proposals per image.
+R-CNN on a CPU takes minutes per image at 2000 windows: --rcnn-images runs it on fewer images.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from detection.batch import find_images
+from detection.benchmark import PASS_FRACTION, BenchmarkSettings, format_report, run_benchmark, untrained_detector
+from detection.cache import atomic_write_bytes
+from detection.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
+from detection.detector import Detector, default_device
+from detection.images import load_image
+from detection.voc import VOCDataset
+from features.backbones import BACKBONES
+from tools.common import parse_scales
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="a VOC-format directory; images of --split")
+    source.add_argument("--images", metavar="DIR", help="a directory of images (searched recursively)")
+    parser.add_argument("--split", default="test", help="with --data (default: %(default)s)")
+    parser.add_argument("--model", default=None,
+                        help="model.pt written by `sppnet train`; default: an untrained detector of --backbone")
+    parser.add_argument("--backbone", choices=BACKBONES, default=SPPConfig().features.backbone,
+                        help="untrained detector's backbone (default: %(default)s)")
+    parser.add_argument("--backbone-weights", metavar="PATH", default=None,
+                        help="untrained detector's backbone weights (default: random initialisation)")
+    parser.add_argument("--num-images", type=int, default=5, help="images timed (default: %(default)s)")
+    parser.add_argument("--rcnn-images", type=int, default=None,
+                        help="of those, how many R-CNN runs on (default: all)")
+    parser.add_argument("--max-proposals", type=int, default=2000,
+                        help="windows per image, exactly: padded by repetition or cut (default: %(default)s)")
+    parser.add_argument("--scales", type=parse_scales, default=FIVE_SCALES,
+                        help="the multi-scale SPP row: 5 (480,576,688,864,1200) or a comma list (default: 5)")
+    parser.add_argument("--single-scale", type=int, default=SINGLE_SCALE[0],
+                        help="the 1-scale SPP row's shorter side (default: %(default)s)")
+    parser.add_argument("--rcnn-batch-size", type=int, default=None,
+                        help="R-CNN crops per conv batch (default: the model's, 128)")
+    parser.add_argument("--pass-fraction", type=float, default=PASS_FRACTION,
+                        help="untrained detector: fraction of (window, class) pairs its random SVMs pass into NMS "
+                             "(default: %(default)s, as SVMs trained with the recipe do)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed detections per mode first (default: %(default)s)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's, one per core); on a CPU shared with other "
+                             "jobs, 1 avoids threads waiting on each other")
+    parser.add_argument("--seed", type=int, default=0, help="untrained detector's random weights")
+    parser.add_argument("--json", metavar="FILE", default=None, help="also write the report as JSON here")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _image_paths(args: argparse.Namespace) -> list[str]:
+    if args.data:
+        return [str(record.path) for record in VOCDataset(args.data, args.split)]
+    return find_images([args.images])
+
+
+def run(args: argparse.Namespace) -> int:
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _benchmark(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    device = args.device or default_device()
+    if args.model:
+        detector, random_svms = Detector.load(args.model, device=device), False
+    else:
+        config = SPPConfig().replace(features={"backbone": args.backbone, "backbone_weights": args.backbone_weights})
+        detector, random_svms = untrained_detector(config, device, seed=args.seed), True
+    images = [load_image(path) for path in _image_paths(args)[: args.num_images]]
+    settings = BenchmarkSettings(proposals=args.max_proposals, warmup=args.warmup, single_scale=(args.single_scale,),
+                                 multi_scale=args.scales, rcnn_images=args.rcnn_images,
+                                 rcnn_batch_size=args.rcnn_batch_size, pass_fraction=args.pass_fraction)
+    report = run_benchmark(detector, images, settings, random_svms=random_svms,
+                           log=(lambda _: None) if args.quiet else print)
+    report["model"] = args.model
+    print(format_report(report))
+    if args.json:
+        atomic_write_bytes(Path(args.json), json.dumps(report, indent=2).encode())
+    return 0
