@@ -27,6 +27,10 @@ class ProposalConfig:
     resize_width: int = 500  # R-CNN's demo runs selective search on the image resized to width 500
     min_size: int = 20  # windows narrower or shorter than this (at the proposal image size) are dropped
     max_proposals: int = 2000  # about 2,000 windows per image
+    # Guard, not part of the recipe: the proposal image's longer side is capped at this (0 = no
+    # cap), so resizing a 2x300 px sliver to width 500 cannot make a 500x75000 image. With the
+    # default width only images more than 4:1 tall are affected.
+    max_side: int = 2000
 
 
 @dataclass(frozen=True)
@@ -68,13 +72,17 @@ class FinetuneConfig:
     flip: bool = True  # horizontally flipped training images added
     # "random": a random scale per window while training (official code); "chosen": the §4 rule
     scale_sampling: str = "random"
-    # "official": lr 1e-3, ×0.1 at 30k and 60k; "paper": 1e-4 for 250k then 1e-5 for 50k.
-    # ``iterations`` shortens either proportionally (a small default suits a CPU).
+    # "official": lr 1e-3, ×0.1 at 30k and 60k of 90k (the solver's three 30k "vstep" phases);
+    # "paper": 1e-4 for 250k then 1e-5 for 50k. ``iterations`` shortens either proportionally,
+    # each step point at floor(step · iterations / length) (a small default suits a CPU).
     schedule: str = "official"
     iterations: int = 2000
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    bias_lr_multiplier: float = 2.0
+    bias_lr_multiplier: float = 2.0  # Caffe blobs_lr: 1, 2 on every fc layer
+    # Weight decay on biases, as a multiple of ``weight_decay``. 0: R-CNN (weight_decay: 1, 0 on
+    # every layer) and the official SPP fc8; the official fc6/fc7 leave it unset, which Caffe reads as 1.
+    bias_decay_multiplier: float = 0.0
     checkpoint_every: int = 500
     seed: int = 0
 
@@ -83,7 +91,8 @@ class FinetuneConfig:
 class SVMConfig:
     """Per-class linear SVMs with hard-negative mining (§7, R-CNN's recipe)."""
 
-    feature_layer: str = "pool5"  # pool5 = the SPP vector; fc6/fc7/ftfc6/ftfc7 once fc layers exist
+    # pool5 = the SPP vector; fc6/fc7 = the fc head before fine-tuning; ftfc6/ftfc7 = after (paper's best: ftfc7)
+    feature_layer: str = "ftfc7"
     feature_norm_target: float = 20.0  # features scaled by 20 / mean L2 norm
     norm_images: int = 200  # the mean norm is taken over up to 200 images ...
     norm_boxes_per_image: int = 200  # ... and 200 boxes in each

@@ -1,14 +1,25 @@
 """The SPP-net detector at test time (recipe §9) and its one-file model format.
 
 ``Detector`` holds everything ``test`` and ``detect`` need: the config, class names, the backbone
-(architecture name and weights), the per-class SVM weights, the box regressors and the feature
-norm scale. Each step of detection is its own method (``compute_maps``, ``features``, ``score``,
-``postprocess``) so the benchmark can time them separately.
+(architecture name and weights), the fc head when the SVMs read an fc layer, the per-class SVM
+weights, the box regressors and the two feature-norm scales (the SVM layer's, and pool5's for box
+regression, recipe §7–§8). Each step of detection is its own method (``compute_maps``,
+``features``, ``score``, ``postprocess``) so the benchmark can time them separately.
+
+Feature layers (``config.svm.feature_layer``, the rows of the paper's Table 9):
+
+* ``pool5``: the SPP vector itself, no fc layers;
+* ``fc6``, ``fc7``: the head *before* fine-tuning. For alexnet/vgg16 that is the ImageNet fc6/fc7
+  with fc6 widened onto the pyramid (recipe §6); for a backbone without a pretrained head
+  (efficientnet_lite0, zf5) it is the freshly initialised head (seeded by
+  ``config.finetune.seed``): random projections of pool5 followed by ReLUs, a baseline only;
+* ``ftfc6``, ``ftfc7``: the same layers after fine-tuning (the paper's best is ftfc7).
 """
 from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,23 +33,72 @@ from detection.images import as_rgb_array
 from detection.results import Detections
 from features.backbones import Backbone, build_backbone
 from features.extractor import build_extractor
+from features.head import FCHead
 from proposals.selective_search import selective_search
 from svm.bbox_regression import BoxRegressor
 
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2  # 2: fc head, feature layer and the pool5 scale of box regression
+
+FEATURE_LAYERS = ("pool5", "fc6", "fc7", "ftfc6", "ftfc7")
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def weights_id(backbone: Backbone) -> str:
-    """A short hash of the backbone's conv weights: names them in cache fingerprints."""
+def state_hash(module: torch.nn.Module) -> str:
+    """A short hash of a module's parameters and buffers: names weights in cache fingerprints."""
     digest = hashlib.sha1()
-    for name, tensor in backbone.body.state_dict().items():
+    for name, tensor in module.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def weights_id(backbone: Backbone) -> str:
+    """A short hash of the backbone's conv weights."""
+    return state_hash(backbone.body)
+
+
+def head_layer(feature_layer: str) -> str | None:
+    """The head layer a feature layer reads ("fc6" or "fc7"), or None for pool5."""
+    if feature_layer not in FEATURE_LAYERS:
+        raise ValueError(f"unknown feature layer {feature_layer!r}; choose one of {', '.join(FEATURE_LAYERS)}")
+    return None if feature_layer == "pool5" else feature_layer.removeprefix("ft")
+
+
+def layer_features(pool5: torch.Tensor, head: FCHead | None, feature_layer: str) -> torch.Tensor:
+    """(N, D) SPP vectors -> (N, D') unscaled features of ``feature_layer`` (pool5 itself, or a head layer)."""
+    layer = head_layer(feature_layer)
+    if layer is None:
+        return pool5
+    with torch.inference_mode():
+        return head.features(pool5, layer)
+
+
+def head_from_state(state: dict[str, torch.Tensor]) -> FCHead:
+    """An eval-mode :class:`FCHead` with the weights of ``state`` (its shapes give the sizes)."""
+    hidden, in_dim = state["fc6.weight"].shape
+    fc8 = state.get("fc8.weight")
+    head = FCHead(in_dim, hidden, None if fc8 is None else fc8.shape[0] - 1)
+    head.load_state_dict(state)
+    return head.eval()
+
+
+@dataclass
+class WindowFeatures:
+    """What :meth:`Detector.features` returns for N windows, all on the detector's device.
+
+    ``svm`` (N, D'): the SVM feature layer, unscaled (:meth:`Detector.score` applies the feature
+    scale); ``pool5`` (N, D): the unscaled SPP vectors, which box regression reads (recipe §8)
+    whatever layer the SVMs use.
+    """
+
+    svm: torch.Tensor
+    pool5: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.svm)
 
 
 class ModelFileError(SppnetError, ValueError):
@@ -46,25 +106,33 @@ class ModelFileError(SppnetError, ValueError):
 
 
 class Detector:
-    """Score windows with per-class linear SVMs on SPP features, regress boxes, suppress overlaps.
+    """Score windows with per-class linear SVMs on SPP (or fc) features, regress boxes, suppress overlaps.
 
-    ``svm_weights`` (K, D) and ``svm_bias`` (K,) score norm-scaled features; ``regressor`` maps the
-    same features to (dx, dy, dw, dh) per class, or is None when box regression is off.
+    ``svm_weights`` (K, D') and ``svm_bias`` (K,) score the features of ``config.svm.feature_layer``
+    (computed by ``head`` unless pool5) times ``feature_scale``; ``regressor`` maps pool5 features
+    times ``bbox_feature_scale`` to (dx, dy, dw, dh) per class, or is None when box regression is off.
     """
 
     def __init__(self, config: SPPConfig, classes: tuple[str, ...], backbone: Backbone,
                  svm_weights: np.ndarray, svm_bias: np.ndarray, feature_scale: float,
                  regressor: BoxRegressor | None = None, device: str | torch.device | None = None,
-                 cache: Cache | None = None):
+                 cache: Cache | None = None, head: FCHead | None = None, bbox_feature_scale: float | None = None):
+        if (head_layer(config.svm.feature_layer) is None) != (head is None):
+            raise ValueError(f"feature layer {config.svm.feature_layer} needs "
+                             f"{'an fc head' if head is None else 'no fc head'}")
+        if (regressor is None) != (bbox_feature_scale is None):
+            raise ValueError("a box regressor comes with the pool5 feature scale it was trained on")
         self.config = config
         self.classes = tuple(classes)
         self.device = torch.device(device or default_device())
         self.extractor = build_extractor(backbone, config.features, self.device, cache=cache,
                                          weights_id=weights_id(backbone))
+        self.head = None if head is None else head.to(self.device).eval()
         self.svm_weights = torch.as_tensor(np.asarray(svm_weights, dtype=np.float32), device=self.device)
         self.svm_bias = torch.as_tensor(np.asarray(svm_bias, dtype=np.float32), device=self.device)
         self.feature_scale = float(feature_scale)
         self.regressor = regressor
+        self.bbox_feature_scale = None if bbox_feature_scale is None else float(bbox_feature_scale)
 
     @property
     def backbone(self) -> Backbone:
@@ -74,15 +142,17 @@ class Detector:
     def compute_maps(self, image: np.ndarray) -> list[torch.Tensor]:
         return self.extractor.compute_maps(image)
 
-    def features(self, maps: list[torch.Tensor], boxes: np.ndarray, image_size: tuple[int, int]) -> torch.Tensor:
-        """(N, 4) windows -> (N, D) norm-scaled SPP features on the device."""
-        return self.extractor.pool(maps, boxes, image_size) * self.feature_scale
+    def features(self, maps: list[torch.Tensor], boxes: np.ndarray, image_size: tuple[int, int]) -> WindowFeatures:
+        """(N, 4) windows -> their SPP vectors and SVM-layer features (the head applied here)."""
+        pool5 = self.extractor.pool(maps, boxes, image_size)
+        return WindowFeatures(layer_features(pool5, self.head, self.config.svm.feature_layer), pool5)
 
-    def score(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, D) -> (N, K) SVM margins, one matmul for all windows and classes."""
-        return torch.addmm(self.svm_bias, features, self.svm_weights.T)
+    def score(self, features: WindowFeatures) -> torch.Tensor:
+        """N windows' features -> (N, K) SVM margins, one matmul for all windows and classes."""
+        # the feature scale rides on the matmul (alpha): scaling the (N, D') features would copy them
+        return torch.addmm(self.svm_bias, features.svm, self.svm_weights.T, alpha=self.feature_scale)
 
-    def postprocess(self, boxes: np.ndarray, scores: torch.Tensor, features: torch.Tensor,
+    def postprocess(self, boxes: np.ndarray, scores: torch.Tensor, features: WindowFeatures,
                     image_size: tuple[int, int]) -> Detections:
         """Recipe §9: threshold, per-class NMS, box regression, clip, NMS again, top-k per image."""
         cfg = self.config.test
@@ -96,7 +166,13 @@ class Detector:
         keep = batched_nms(det_boxes, det_scores, label, cfg.nms_iou)
         window, label, det_boxes, det_scores = window[keep], label[keep], det_boxes[keep], det_scores[keep]
         if self.regressor is not None:
-            deltas = self.regressor.predict(features[torch.as_tensor(window, device=features.device)].cpu().numpy(), label)
+            # class by class: gathering and scaling every kept window's pool5 at once would allocate
+            # (and page-fault) hundreds of MB per image at 2000 windows (docs/benchmarks.md)
+            deltas = np.zeros((len(window), 4))
+            for j in np.unique(label):
+                rows = np.flatnonzero(label == j)
+                pool5 = features.pool5[torch.as_tensor(window[rows], device=features.pool5.device)]
+                deltas[rows] = self.regressor.predict(pool5.mul_(self.bbox_feature_scale).cpu().numpy(), j)
             det_boxes = clip_boxes(apply_bbox_deltas(det_boxes, deltas), width, height)
             keep = batched_nms(det_boxes, det_scores, label, cfg.nms_iou)
             label, det_boxes, det_scores = label[keep], det_boxes[keep], det_scores[keep]
@@ -104,7 +180,8 @@ class Detector:
         return Detections(det_boxes[top], det_scores[top], label[top].astype(np.int64))
 
     # -- whole images -------------------------------------------------------------------------
-    def detect_with_maps(self, maps: list[torch.Tensor], proposals: np.ndarray, image_size: tuple[int, int]) -> Detections:
+    def detect_with_maps(self, maps: list[torch.Tensor], proposals: np.ndarray,
+                         image_size: tuple[int, int]) -> Detections:
         features = self.features(maps, proposals, image_size)
         return self.postprocess(proposals, self.score(features), features, image_size)
 
@@ -136,7 +213,9 @@ class Detector:
             "svm_weights": self.svm_weights.cpu(),
             "svm_bias": self.svm_bias.cpu(),
             "feature_scale": self.feature_scale,
+            "head": None if self.head is None else {k: v.cpu() for k, v in self.head.state_dict().items()},
             "regressor": None if self.regressor is None else self.regressor.to_state(),
+            "bbox_feature_scale": self.bbox_feature_scale,
         }
 
     def save(self, path: str | Path) -> None:
@@ -159,5 +238,7 @@ class Detector:
         backbone = build_backbone(state["backbone"], pretrained=False)
         backbone.load_state_dict(state["backbone_state"])
         regressor = None if state["regressor"] is None else BoxRegressor.from_state(state["regressor"])
+        head = None if state["head"] is None else head_from_state(state["head"])
         return cls(config, tuple(state["classes"]), backbone, state["svm_weights"].numpy(),
-                   state["svm_bias"].numpy(), state["feature_scale"], regressor, device=device, cache=cache)
+                   state["svm_bias"].numpy(), state["feature_scale"], regressor, device=device, cache=cache,
+                   head=head, bbox_feature_scale=state["bbox_feature_scale"])

@@ -1,14 +1,27 @@
-"""Training stage by stage, each reading the previous stage's cached output.
+"""Training stage by stage, each reading the previous stages' cached outputs (see :mod:`detection.stages`).
 
 Stages (recipe §4–§8): ``proposals`` (selective search, cached per image), ``conv`` (feature maps
-per image and scale, cached in fp16), ``svm`` (feature-norm scale, then per-class linear SVMs with
-hard-negative mining) and ``bbox`` (ridge box regressors). The result is one ``model.pt``.
+per image and scale in fp16, and of the flipped training images when fine-tuning), ``finetune``
+(the fc head on SPP vectors of the cached maps), ``svm`` (the feature-norm scale of the chosen
+layer, then per-class linear SVMs with hard-negative mining) and ``bbox`` (pool5's own norm scale,
+then ridge box regressors). The result is one ``model.pt``.
+
+A stage is only run when it is needed (fine-tuning only for the ft* feature layers, box regression
+only when enabled) and its output for the current inputs is not cached yet; it can be rerun alone
+(``stages=("svm",)``) from the others' cached outputs. Every computation is deterministic and every
+write atomic, so a run killed at any moment and rerun writes the same ``model.pt`` as one that was
+never interrupted.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 import json
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -16,19 +29,46 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from detection.boxes import box_iou
+from detection.boxes import box_iou, flip_boxes
 from detection.cache import Cache, atomic_write_bytes
-from detection.config import SPPConfig
-from detection.detector import Detector, default_device, weights_id
+from detection.config import SPPConfig, fingerprint
+from detection.detector import (
+    Detector,
+    default_device,
+    head_from_state,
+    head_layer,
+    layer_features,
+    state_hash,
+    weights_id,
+)
 from detection.errors import SppnetError
 from detection.images import load_image
+from detection.stages import (
+    FLIP_SUFFIX,
+    STAGES,
+    UPSTREAM,
+    StageStore,
+    dataset_fingerprint,
+    missing_upstream_error,
+    tensors,
+)
 from detection.voc import ImageRecord, VOCDataset
 from features.backbones import build_backbone
-from features.extractor import build_extractor
+from features.extractor import CONV_STAGE, SPPFeatureExtractor, build_extractor
+from features.finetune import FineTuner
+from features.head import FCHead, build_head
+from proposals.store import STAGE as PROPOSAL_STAGE
 from proposals.store import ProposalStore, with_ground_truth
 from svm.bbox_regression import BoxRegressor, regression_training_set
 from svm.feature_norm import feature_norm_scale, sample_indices
 from svm.hard_negatives import HardNegativeSVMs
+
+# Fine-tuning draws windows from random images every iteration; this many images' maps (about 4 MB
+# each at five scales) stay in memory so that they are not read from disk again and again.
+MAPS_IN_MEMORY = 512
+# ... and it draws each candidate window many times (iterations · 128 / candidates, about 15 times on
+# the demo set), so this much of their SPP vectors is kept too, rather than pooled again.
+POOLED_IN_MEMORY_BYTES = 1 << 30
 
 
 class TrainingError(SppnetError, RuntimeError):
@@ -62,6 +102,24 @@ def training_windows(record: ImageRecord, proposals: np.ndarray, num_classes: in
     return TrainingWindows(record, boxes, overlaps, positive_labels)
 
 
+def finetune_targets(windows: TrainingWindows) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) max IoU with any GT box and (N,) that box's class (-1 where a window touches none), for §6.
+
+    Difficult boxes count like the others: a window on a difficult object is that object, not background.
+    """
+    overlap = windows.overlaps.max(axis=1)
+    label = np.where(overlap > 0, windows.overlaps.argmax(axis=1), -1)
+    return overlap, label
+
+
+def format_svm_retrain(entry: dict, classes: tuple[str, ...]) -> str:
+    """One hard-negative retrain as a log line (R-CNN's console output)."""
+    return (f"svm {classes[entry['class']]}: retrain after image {entry['image']} ({entry['reason']}): "
+            f"{entry['n_pos']} positives, {entry['n_neg']} negatives ({entry['n_added']} new, "
+            f"{entry['n_evicted']} evicted after), loss {entry['total']:.4f} = {entry['pos']:.4f} (pos) + "
+            f"{entry['neg']:.4f} (neg) + {entry['reg']:.4f} (reg)")
+
+
 def summarise_svm_history(history: list[dict], classes: tuple[str, ...]) -> str:
     """One line per class: retrains, final positives/negatives and objective (R-CNN's log, condensed)."""
     lines = []
@@ -76,111 +134,384 @@ def summarise_svm_history(history: list[dict], classes: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+class MapReader:
+    """Conv maps of the training images by index, through the conv cache: index i < n is image i,
+    n + i its horizontal mirror image (cached under ``<image id>#flip``).
+
+    :meth:`__call__` keeps the ``MAPS_IN_MEMORY`` most recently used maps in memory; :meth:`compute`
+    fills the cache without keeping anything.
+    """
+
+    def __init__(self, extractor, records: list[ImageRecord], in_memory: int = MAPS_IN_MEMORY):
+        self.extractor = extractor
+        self.records = records
+        self._remembered = functools.lru_cache(maxsize=in_memory)(self.compute)
+
+    def key(self, index: int) -> str:
+        record = self.records[index % len(self.records)]
+        return record.image_id + (FLIP_SUFFIX if index >= len(self.records) else "")
+
+    def cached(self, index: int) -> bool:
+        return self.extractor.cache.has(CONV_STAGE, self.extractor.conv_fingerprint, self.key(index))
+
+    def compute(self, index: int) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        record = self.records[index % len(self.records)]
+        flipped = index >= len(self.records)
+
+        def image() -> np.ndarray:
+            pixels = load_image(record.path)
+            return np.ascontiguousarray(pixels[:, ::-1]) if flipped else pixels
+
+        return self.extractor.maps(self.key(index), image)
+
+    def __call__(self, index: int) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        return self._remembered(index)
+
+
+class PooledWindows:
+    """The ``pool_fn`` of :class:`~features.finetune.FineTuner`: SPP vectors of training windows.
+
+    ``self(index, window (n,), scale_index (n,) or None)`` pools those windows of image ``index``
+    (n + i: image i flipped, its windows mirrored) from the cached maps. Vectors already pooled are
+    remembered, up to ``max_bytes``, the least recently used dropped first. They are kept in fp16:
+    a max over fp16 map values is exact in fp16, so a remembered vector equals a fresh one.
+    """
+
+    def __init__(self, extractor, maps: MapReader, windows: list[TrainingWindows],
+                 max_bytes: int = POOLED_IN_MEMORY_BYTES):
+        self.extractor = extractor
+        self.maps = maps
+        self.windows = windows
+        self.capacity = max(1, max_bytes // (2 * extractor.output_dim))
+        self._vectors: OrderedDict[tuple[int, int, int], torch.Tensor] = OrderedDict()
+
+    def _pool(self, index: int, window: np.ndarray, scale_index: np.ndarray | None) -> torch.Tensor:
+        maps, image_size = self.maps(index)
+        boxes = self.windows[index % len(self.windows)].boxes[window]
+        if index >= len(self.windows):
+            boxes = flip_boxes(boxes, image_size[1])
+        return self.extractor.pool(maps, boxes, image_size, scale_index=scale_index)
+
+    def __call__(self, index: int, window: np.ndarray, scale_index: np.ndarray | None) -> torch.Tensor:
+        scales = np.full(len(window), -1) if scale_index is None else np.asarray(scale_index)
+        keys = [(index, int(w), int(s)) for w, s in zip(window, scales)]
+        missing = [i for i, key in enumerate(keys) if key not in self._vectors]
+        if missing:
+            fresh = self._pool(index, np.asarray(window)[missing],
+                               None if scale_index is None else scales[missing]).to(torch.float16)
+            self._vectors.update((keys[i], vector) for i, vector in zip(missing, fresh))
+        for key in keys:
+            self._vectors.move_to_end(key)
+        out = torch.stack([self._vectors[key] for key in keys]).float()
+        while len(self._vectors) > self.capacity:
+            self._vectors.popitem(last=False)
+        return out
+
+
 class Trainer:
-    """Runs the stages on a dataset, caching under ``work_dir/cache`` and writing ``work_dir/model.pt``."""
+    """Runs the stages on a dataset, caching under ``cache_dir`` (default ``work_dir/cache``) and
+    writing ``work_dir/model.pt``, ``work_dir/train.log`` (appended: every stage's messages,
+    fine-tuning progress, each SVM retrain) and ``work_dir/train_log.json`` (this run's stage
+    timings and the stages' fingerprints).
+
+    ``timings`` holds the wall time (s) of each stage this run computed.
+    """
 
     def __init__(self, config: SPPConfig, work_dir: str | Path, device: str | None = None,
-                 workers: int = 1, progress: bool = True, log: Callable[[str], None] = print):
+                 workers: int = 1, progress: bool = True, log: Callable[[str], None] = print,
+                 cache_dir: str | Path | None = None):
         self.config = config
         self.work_dir = Path(work_dir)
-        self.cache = Cache(self.work_dir / "cache")
+        self.cache = Cache(cache_dir if cache_dir is not None else self.work_dir / "cache")
+        self.store = StageStore(self.cache)
         self.device = torch.device(device or default_device())
         self.workers = workers
         self.progress = progress
         self.log = log
+        self.log_path = self.work_dir / "train.log"
         self.timings: dict[str, float] = {}
+
+    # -- logging --------------------------------------------------------------------------------
+    def _say(self, message: str, console: bool = True) -> None:
+        """To the log file always, and to ``log`` (stdout) when ``console``."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as f:  # reopened per line, so a killed run's log is complete
+            f.write(message + "\n")
+        if console:
+            self.log(message)
 
     def _bar(self, iterable, desc: str, total: int | None = None):
         return tqdm(iterable, desc=desc, total=total, disable=not self.progress, leave=False)
 
-    def _timed(self, stage: str, fn, *args):
-        start = time.perf_counter()
-        result = fn(*args)
-        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
-        return result
+    # -- the whole run ---------------------------------------------------------------------------
+    def train(self, dataset: VOCDataset, stages: tuple[str, ...] = STAGES) -> Detector | None:
+        """Run the requested ``stages`` that are needed and not up to date, then write ``model.pt``.
 
-    # -- stages ---------------------------------------------------------------------------------
-    def proposal_stage(self, dataset: VOCDataset) -> dict[str, np.ndarray]:
-        store = ProposalStore(self.cache, self.config.proposals, workers=self.workers)
-        boxes, failures = store.compute_all([(r.image_id, r.path) for r in dataset], progress=self.progress)
+        Returns the detector, or None when an output it needs is still missing (e.g. only
+        ``stages=("proposals",)`` was asked for). Raises :class:`~detection.stages.StageError`
+        when a requested stage reads an output that is missing and was not requested.
+        """
+        self._prepare(dataset)
+        self._say(f"== sppnet train {datetime.now(timezone.utc).isoformat(timespec='seconds')}: "
+                  f"{len(dataset)} images of {dataset.root} ({dataset.split}), stages {','.join(stages)}",
+                  console=False)
+        for stage in STAGES:
+            reason = self._not_needed_reason(stage)
+            if reason:
+                if stage in stages:
+                    self._say(f"stage {stage}: {reason}, skipped")
+            elif self._up_to_date(stage):
+                self._say(f"stage {stage}: up to date, skipped")
+            elif stage in stages:
+                for upstream in UPSTREAM[stage]:
+                    if not self._not_needed_reason(upstream) and not self._up_to_date(upstream):
+                        raise missing_upstream_error(stage, upstream)
+                self._say(f"stage {stage}: running")
+                start = time.perf_counter()
+                getattr(self, f"_{stage}_stage")()
+                self.timings[stage] = time.perf_counter() - start
+                self._say(f"stage {stage}: done in {self.timings[stage]:.1f} s")
+        detector = self._assemble()
+        atomic_write_bytes(self.work_dir / "train_log.json", json.dumps(
+            {"timings_s": self.timings, "images": len(dataset), "classes": list(dataset.classes),
+             "fingerprints": self.fingerprints, "model_written": detector is not None}, indent=2).encode())
+        return detector
+
+    def _prepare(self, dataset: VOCDataset) -> None:
+        """Backbone, extractor, proposal store and every stage's fingerprint for this dataset."""
+        cfg = self.config
+        head_layer(cfg.svm.feature_layer)  # an unknown layer fails here, before any work
+        if cfg.svm.feature_layer.startswith("ft") and cfg.features.mode != "spp":
+            raise TrainingError("fine-tuning reads cached conv maps: use --mode spp with an ft* feature layer")
+        self.dataset = dataset
+        self.records = list(dataset)
+        self.num_classes = len(dataset.classes)
+        self.backbone = build_backbone(cfg.features.backbone, cfg.features.backbone_weights)
+        backbone_id = weights_id(self.backbone)
+        self.extractor = build_extractor(self.backbone, cfg.features, self.device, cache=self.cache,
+                                         weights_id=backbone_id)
+        self.proposal_store = ProposalStore(self.cache, cfg.proposals, workers=self.workers)
+        self.maps = MapReader(self.extractor, self.records) if isinstance(self.extractor, SPPFeatureExtractor) else None
+        self._windows: list[TrainingWindows] | None = None
+        self.fingerprints = self._fingerprints(backbone_id)
+        # built now so that a head that cannot be built fails before any stage runs
+        self._head0 = None if head_layer(cfg.svm.feature_layer) is None else self._build_head()
+        self.meta = {
+            "backbone": cfg.features.backbone, "weights": backbone_id, "scales": list(cfg.features.scales),
+            "proposals": dataclasses.asdict(cfg.proposals), "dataset": f"{dataset.root} ({dataset.split})",
+            "image_ids": [r.image_id for r in self.records], "classes": list(dataset.classes),
+        }
+
+    def _fingerprints(self, backbone_id: str) -> dict[str, str]:
+        """Each stage's fingerprint: its inputs, the upstream fingerprints and its config section."""
+        cfg = self.config
+        pretrained_head = self.backbone.pretrained_head
+        head_source = None if pretrained_head is None else state_hash(pretrained_head)
+        proposals = self.proposal_store.fingerprint
+        conv = fingerprint(cfg.features.backbone, backbone_id, tuple(cfg.features.scales))
+        data = dataset_fingerprint(self.dataset)
+        upstream = (proposals, conv, data, cfg.features)  # features: pooling (levels, rules) shapes every vector
+        # where checkpoints fall changes no weight (the fine-tuner resumes bit-identically)
+        finetune_settings = dataclasses.replace(cfg.finetune, checkpoint_every=0)
+        finetune = fingerprint("finetune", *upstream, finetune_settings, head_source)
+        layer = cfg.svm.feature_layer
+        if layer == "pool5":
+            source = "pool5"
+        elif layer.startswith("ft"):
+            source = finetune
+        else:  # the head before fine-tuning: made from the same settings, conservatively all of them
+            source = fingerprint("initial head", cfg.features, finetune_settings, head_source)
+        norm = {k: getattr(cfg.svm, k) for k in ("feature_norm_target", "norm_images", "norm_boxes_per_image",
+                                                 "norm_seed")}
+        return {
+            "proposals": proposals, "conv": conv, "dataset": data, "finetune": finetune,
+            "svm": fingerprint("svm", *upstream, cfg.svm, source),
+            "bbox": fingerprint("bbox", *upstream, cfg.bbox, norm),
+        }
+
+    def _not_needed_reason(self, stage: str) -> str | None:
+        cfg = self.config
+        if stage == "conv" and self.maps is None:
+            return f"{cfg.features.mode} mode caches no conv maps"
+        if stage == "finetune" and not cfg.svm.feature_layer.startswith("ft"):
+            return f"not needed for feature layer {cfg.svm.feature_layer}"
+        if stage == "bbox" and not cfg.bbox.enabled:
+            return "box regression is off"
+        return None
+
+    def _conv_indices(self) -> range:
+        """MapReader indices the conv stage must cache: every image, and its flip when fine-tuning uses flips."""
+        flips = not self._not_needed_reason("finetune") and self.config.finetune.flip
+        return range(len(self.records) * (2 if flips else 1))
+
+    def _up_to_date(self, stage: str) -> bool:
+        if stage == "proposals":
+            return all(self.cache.has(PROPOSAL_STAGE, self.fingerprints["proposals"], r.image_id) for r in self.records)
+        if stage == "conv":
+            return all(self.maps.cached(i) for i in self._conv_indices())
+        return self.store.has(stage, self.fingerprints[stage])
+
+    def _stage_meta(self, stage: str, section) -> dict:
+        return {**self.meta, "stage": stage, "upstream": {s: self.fingerprints[s] for s in UPSTREAM[stage]},
+                "dataset_fingerprint": self.fingerprints["dataset"],
+                "features": dataclasses.asdict(self.config.features), "config": dataclasses.asdict(section)}
+
+    # -- what stages read -----------------------------------------------------------------------
+    def _proposals(self) -> dict[str, np.ndarray]:
+        boxes, failures = self.proposal_store.compute_all([(r.image_id, r.path) for r in self.records],
+                                                          progress=self.progress)
         if failures:
             lines = "\n".join(f"  {reason}" for reason in failures.values())
             raise TrainingError(f"{len(failures)} training image(s) could not be read:\n{lines}")
         return boxes
 
-    def conv_stage(self, extractor, dataset: VOCDataset) -> None:
-        for record in self._bar(dataset, "conv"):
-            extractor.maps(record.image_id, lambda r=record: load_image(r.path))
+    def windows(self) -> list[TrainingWindows]:
+        """Every training image's windows (GT boxes + cached proposals), made once per run."""
+        if self._windows is None:
+            proposals = self._proposals()
+            self._windows = [training_windows(r, proposals[r.image_id], self.num_classes) for r in self.records]
+        return self._windows
 
-    def _pooled(self, extractor, record: ImageRecord, boxes: np.ndarray) -> np.ndarray:
-        maps, image_size = extractor.maps(record.image_id, lambda: load_image(record.path))
-        return extractor.pool(maps, boxes, image_size).cpu().numpy()
+    def _features(self, index: int, boxes: np.ndarray, head: FCHead | None, layer: str) -> np.ndarray:
+        """(n, 4) windows of training image ``index`` -> (n, D) unscaled ``layer`` features."""
+        maps, image_size = self.maps(index) if self.maps is not None else self.extractor.maps(
+            self.records[index].image_id, lambda: load_image(self.records[index].path))
+        pool5 = self.extractor.pool(maps, boxes, image_size)
+        return layer_features(pool5, head, layer).cpu().numpy()
 
-    def feature_scale_stage(self, extractor, windows: list[TrainingWindows]) -> float:
+    def _feature_scale(self, head: FCHead | None, layer: str) -> float:
+        """Recipe §7: 20 / mean L2 norm of ``layer`` features, over a fixed random sample of windows."""
         cfg = self.config.svm
+        windows = self.windows()
         picks = sample_indices([len(w.boxes) for w in windows], n_images=cfg.norm_images,
                                n_boxes=cfg.norm_boxes_per_image, seed=cfg.norm_seed)
-        samples = (self._pooled(extractor, windows[i].record, windows[i].boxes[boxes]) for i, boxes in picks)
-        return feature_norm_scale(samples, target=cfg.feature_norm_target)
+        scale = feature_norm_scale((self._features(i, windows[i].boxes[b], head, layer) for i, b in picks),
+                                   target=cfg.feature_norm_target)
+        self._say(f"feature scale of {layer}: {scale:.6g}", console=False)
+        return scale
 
-    def svm_stage(self, extractor, windows: list[TrainingWindows], scale: float,
-                  num_classes: int) -> HardNegativeSVMs:
+    def _build_head(self) -> FCHead:
+        """The head before fine-tuning: the backbone's pretrained fc6 widened onto the pyramid, or fresh layers."""
+        cfg = self.config
+        try:
+            head = build_head(self.backbone, cfg.features.pyramid_levels, cfg.finetune, self.num_classes)
+        except ValueError as err:  # e.g. vgg16's 7×7 fc6 with no 7×7 pyramid level
+            raise TrainingError(f"cannot build the fc head for {cfg.features.backbone}: {err}") from None
+        return head.to(self.device).eval()
+
+    def _initial_head(self) -> FCHead:
+        """A fresh copy of the head before fine-tuning (fine-tuning trains its copy in place)."""
+        return copy.deepcopy(self._head0)
+
+    def _svm_head(self) -> FCHead | None:
+        """The head the SVM layer is read from: none (pool5), the initial one (fc6/fc7) or the fine-tuned one."""
+        layer = self.config.svm.feature_layer
+        if head_layer(layer) is None:
+            return None
+        if not layer.startswith("ft"):
+            return self._initial_head()
+        state, _ = self.store.load("finetune", self.fingerprints["finetune"])
+        return head_from_state(tensors(state)).to(self.device)
+
+    # -- stages ---------------------------------------------------------------------------------
+    def _proposals_stage(self) -> None:
+        self._proposals()
+
+    def _conv_stage(self) -> None:
+        missing = [i for i in self._conv_indices() if not self.maps.cached(i)]
+        for index in self._bar(missing, "conv"):
+            self.maps.compute(index)
+
+    def _finetune_stage(self) -> None:
+        cfg = self.config
+        head = self._initial_head()
+        windows = self.windows()
+        targets = [finetune_targets(w) for w in windows]
+        copies = 2 if cfg.finetune.flip else 1  # flipped images: the same windows mirrored, same targets
+        fp = self.fingerprints["finetune"]
+        pool = PooledWindows(self.extractor, self.maps, windows)
+        tuner = FineTuner(head, cfg.finetune, pool, checkpoint_dir=self.store.directory("finetune", fp),
+                          device=self.device, log=lambda line: self._say(line, console=self.progress))
+        overlaps, labels = zip(*targets)
+        head = tuner.fit(list(overlaps) * copies, list(labels) * copies, num_scales=len(cfg.features.scales))
+        self.store.save("finetune", fp, head.state_dict(), {"history": tuner.history_},
+                        self._stage_meta("finetune", cfg.finetune))
+        tuner.checkpoint_path.unlink(missing_ok=True)  # the saved head supersedes it (twice its size with momentum)
+
+    def _svm_stage(self) -> None:
+        cfg = self.config
+        layer = cfg.svm.feature_layer
+        head = self._svm_head()
+        scale = self._feature_scale(head, layer)
+        windows = self.windows()
         positives, labels = [], []
-        for w in self._bar(windows, "svm positives"):
+        for i, w in enumerate(self._bar(windows, "svm positives")):
             is_positive = w.positive_labels >= 0
             if is_positive.any():
-                positives.append(self._pooled(extractor, w.record, w.boxes[is_positive]) * scale)
+                positives.append(self._features(i, w.boxes[is_positive], head, layer) * scale)
                 labels.append(w.positive_labels[is_positive])
-        dim = extractor.output_dim
-        x_pos = np.concatenate(positives) if positives else np.zeros((0, dim), np.float32)
-        y_pos = np.concatenate(labels) if labels else np.zeros(0, np.int64)
 
         def negative_images() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            for w in self._bar(windows, "svm hard negatives"):
-                yield self._pooled(extractor, w.record, w.boxes) * scale, w.overlaps
+            for i, w in enumerate(self._bar(windows, "svm hard negatives")):
+                yield self._features(i, w.boxes, head, layer) * scale, w.overlaps
 
-        svms = HardNegativeSVMs.from_config(self.config.svm)
-        return svms.fit(x_pos, y_pos, negative_images(), num_classes=num_classes)
+        if not positives:
+            raise TrainingError("no non-difficult ground-truth box in the training set: nothing to train SVMs on")
+        svms = HardNegativeSVMs.from_config(cfg.svm).fit(np.concatenate(positives), np.concatenate(labels),
+                                                         negative_images(), num_classes=self.num_classes)
+        for entry in svms.history_:
+            self._say(format_svm_retrain(entry, self.dataset.classes), console=False)
+        self._say(summarise_svm_history(svms.history_, self.dataset.classes))
+        self.store.save("svm", self.fingerprints["svm"],
+                        {"coef": svms.coef_, "intercept": svms.intercept_, "feature_scale": scale},
+                        {"history": svms.history_}, self._stage_meta("svm", cfg.svm))
 
-    def bbox_stage(self, extractor, windows: list[TrainingWindows], scale: float,
-                   num_classes: int) -> BoxRegressor:
+    def _bbox_stage(self) -> None:
+        cfg = self.config
+        scale = self._feature_scale(None, "pool5")  # §8: pool5 with its own scale, whatever the SVMs read
         features, targets, labels = [], [], []
-        for w in self._bar(windows, "bbox regression"):
+        for i, w in enumerate(self._bar(self.windows(), "bbox regression")):
             record = w.record
             chosen, image_targets, image_labels = regression_training_set(
                 w.boxes, record.boxes[~record.difficult], record.labels[~record.difficult],
-                min_overlap=self.config.bbox.min_overlap)
+                min_overlap=cfg.bbox.min_overlap)
             if len(chosen):
-                features.append(self._pooled(extractor, record, w.boxes[chosen]) * scale)
+                features.append(self._features(i, w.boxes[chosen], None, "pool5") * scale)
                 targets.append(image_targets)
                 labels.append(image_labels)
         if not features:
-            raise TrainingError(f"no window overlaps a ground-truth box by more than {self.config.bbox.min_overlap}; "
+            raise TrainingError(f"no window overlaps a ground-truth box by more than {cfg.bbox.min_overlap}; "
                                 "cannot train box regression (use --no-bbox-reg)")
-        regressor = BoxRegressor(ridge_lambda=self.config.bbox.ridge_lambda)
-        return regressor.fit(np.concatenate(features), np.concatenate(targets), np.concatenate(labels),
-                             num_classes=num_classes)
+        X, T, L = np.concatenate(features), np.concatenate(targets), np.concatenate(labels)
+        regressor = BoxRegressor(ridge_lambda=cfg.bbox.ridge_lambda).fit(X, T, L, num_classes=self.num_classes)
+        self.store.save("bbox", self.fingerprints["bbox"], {**regressor.to_state(), "feature_scale": scale},
+                        {"r2_train": regressor.score(X, T, L)}, self._stage_meta("bbox", cfg.bbox))
 
-    # -- the whole run ---------------------------------------------------------------------------
-    def train(self, dataset: VOCDataset) -> Detector:
-        cfg = self.config
-        num_classes = len(dataset.classes)
-        proposals = self._timed("proposals", self.proposal_stage, dataset)
-        backbone = build_backbone(cfg.features.backbone, cfg.features.backbone_weights)
-        extractor = build_extractor(backbone, cfg.features, self.device, cache=self.cache,
-                                    weights_id=weights_id(backbone))
-        self._timed("conv", self.conv_stage, extractor, dataset)
-        windows = [training_windows(r, proposals[r.image_id], num_classes) for r in dataset]
-        scale = self._timed("feature_norm", self.feature_scale_stage, extractor, windows)
-        svms = self._timed("svm", self.svm_stage, extractor, windows, scale, num_classes)
-        self.log(summarise_svm_history(svms.history_, dataset.classes))
-        regressor = None
-        if cfg.bbox.enabled:
-            regressor = self._timed("bbox", self.bbox_stage, extractor, windows, scale, num_classes)
-        detector = Detector(cfg, dataset.classes, backbone, svms.coef_, svms.intercept_, scale, regressor,
-                            device=self.device)
+    def finetune_history(self) -> list[dict]:
+        """The fine-tuning log (one entry per logged interval) of the last :meth:`train`'s head; [] if none."""
+        fp = self.fingerprints["finetune"]
+        return self.store.load("finetune", fp)[1]["history"] if self.store.has("finetune", fp) else []
+
+    # -- the model ------------------------------------------------------------------------------
+    def _assemble(self) -> Detector | None:
+        """The detector from the stages' cached outputs, saved as ``model.pt``; None if one is missing.
+
+        The detector shares the trainer's cache, so testing it reuses (and fills) the conv cache.
+        """
+        missing = [s for s in ("finetune", "svm", "bbox") if not self._not_needed_reason(s) and not self._up_to_date(s)]
+        if missing:
+            self._say(f"model.pt not written: no output of stage(s) {', '.join(missing)} for this configuration yet")
+            return None
+        svm, _ = self.store.load("svm", self.fingerprints["svm"])
+        regressor, bbox_scale = None, None
+        if self.config.bbox.enabled:
+            state, _ = self.store.load("bbox", self.fingerprints["bbox"])
+            state = tensors(state)
+            bbox_scale = state.pop("feature_scale")
+            regressor = BoxRegressor.from_state(state)
+        detector = Detector(self.config, self.dataset.classes, self.backbone, svm["coef"], svm["intercept"],
+                            float(svm["feature_scale"]), regressor, device=self.device, cache=self.cache,
+                            head=self._svm_head(), bbox_feature_scale=bbox_scale)
         detector.save(self.work_dir / "model.pt")
-        atomic_write_bytes(self.work_dir / "train_log.json", json.dumps(
-            {"timings_s": self.timings, "images": len(dataset), "classes": list(dataset.classes),
-             "feature_scale": scale, "svm_history": svms.history_}, indent=2, default=str).encode())
+        self._say(f"model: {self.work_dir / 'model.pt'}", console=False)
         return detector

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from features.spp import spatial_pyramid_pool, spp_output_dim
+from features import spp
+from features.spp import spatial_pyramid_pool, spp_output_dim, whole_map_pyramid_pool
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
@@ -131,3 +132,33 @@ def test_rejects_cells_off_the_map():
             spatial_pyramid_pool(fmap, torch.tensor([bad]))
     with pytest.raises(ValueError, match="batch"):
         spatial_pyramid_pool(fmap, torch.tensor([[0, 0, 1, 1]]), batch_index=torch.tensor([1]))
+
+
+@pytest.mark.parametrize("levels", [(1,), (5, 1), (1, 2, 3, 6)])
+def test_deep_tables_and_chunks_match_reference(levels, monkeypatch):
+    # whole-map windows need blocks of up to 32 cells; a tiny chunk size makes many chunks
+    monkeypatch.setattr(spp, "_CHUNK_BYTES", {"cpu": 1 << 12})
+    rng = np.random.default_rng(6)
+    fmap = torch.randn(3, 37, 45)
+    cells = random_cells(rng, 60, 37, 45)
+    out = spatial_pyramid_pool(fmap, cells, levels)
+    torch.testing.assert_close(out, spatial_pyramid_pool_reference(fmap, cells, levels), rtol=0, atol=0)
+
+
+def test_large_outputs_equal_small_calls():
+    # 64 channels × 50 bins × 3000 windows is 38 MB: allocated apart, with huge pages where available
+    rng = np.random.default_rng(7)
+    fmap = torch.rand(64, 30, 40)
+    cells = random_cells(rng, 3000, 30, 40)
+    whole = spatial_pyramid_pool(fmap, cells)
+    assert whole.shape == (len(cells), 3200)
+    assert torch.equal(whole, torch.cat([spatial_pyramid_pool(fmap, part) for part in cells.split(500)]))
+
+
+@pytest.mark.parametrize("size", [(13, 13), (14, 14), (4, 5), (9, 31)])
+def test_whole_map_pyramid_is_the_whole_map_window(size):
+    height, width = size
+    fmaps = torch.randn(3, 4, height, width)
+    whole = torch.tensor([[0, 0, width - 1, height - 1]]).expand(3, 4)
+    expected = spatial_pyramid_pool(fmaps, whole, (1, 2, 3, 6), batch_index=torch.arange(3))
+    assert torch.equal(whole_map_pyramid_pool(fmaps, (1, 2, 3, 6)), expected)

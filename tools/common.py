@@ -5,7 +5,9 @@ import argparse
 import os
 
 from detection.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
+from detection.detector import FEATURE_LAYERS
 from features.backbones import BACKBONES
+from features.finetune import SCALE_SAMPLING, SCHEDULES
 
 
 def parse_scales(text: str) -> tuple[int, ...]:
@@ -47,7 +49,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--scales", type=parse_scales, default=d.features.scales,
                    help="1 (688), 5 (480,576,688,864,1200) or a comma list of shorter sides (default: 1)")
     g.add_argument("--scale-rule", choices=("paper", "official"), default=d.features.scale_rule,
-                   help="per-window scale: area closest to 224² (paper) or side 208 (official code)")
+                   help="per-window scale: area closest to 224² (paper) or side 208 (official code) "
+                        "(default: %(default)s)")
     g.add_argument("--projection", choices=("paper", "official"), default=d.features.projection,
                    help="window-to-feature-map rule: paper appendix or official code (default: %(default)s)")
     g.add_argument("--pyramid", type=lambda t: tuple(int(v) for v in t.split(",")), default=d.features.pyramid_levels,
@@ -57,6 +60,23 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                    help="selective search runs on the image resized to this width (default: %(default)s)")
     g.add_argument("--max-proposals", type=int, default=d.proposals.max_proposals)
     g.add_argument("--min-proposal-size", type=int, default=d.proposals.min_size)
+    g.add_argument("--feature-layer", choices=FEATURE_LAYERS, default=d.svm.feature_layer,
+                   help="what the SVMs read: pool5 (SPP vector), fc6/fc7 (head before fine-tuning: ImageNet fc "
+                        "layers for alexnet/vgg16, random ones otherwise), ftfc6/ftfc7 (fine-tuned) "
+                        "(default: %(default)s)")
+    g.add_argument("--finetune-iterations", type=int, default=d.finetune.iterations,
+                   help="fine-tuning iterations of 128 windows (default: %(default)s)")
+    g.add_argument("--schedule", choices=tuple(SCHEDULES), default=d.finetune.schedule,
+                   help="learning-rate schedule compressed to the iterations: official (1e-3, ×0.1 at 1/3 and 2/3) "
+                        "or paper (1e-4, ×0.1 at 5/6) (default: %(default)s)")
+    g.add_argument("--finetune-scales", choices=SCALE_SAMPLING, default=d.finetune.scale_sampling,
+                   help="scale of each fine-tuning window: random (official code) or chosen by --scale-rule "
+                        "(default: %(default)s)")
+    g.add_argument("--finetune-hidden", type=int, default=d.finetune.hidden,
+                   help="fc6/fc7 width of a fresh head (a pretrained one fixes it; default: %(default)s)")
+    g.add_argument("--finetune-checkpoint-every", type=int, default=d.finetune.checkpoint_every,
+                   help="iterations between fine-tuning checkpoints, from which an interrupted run resumes "
+                        "(default: %(default)s)")
     g.add_argument("--svm-c", type=float, default=d.svm.C)
     g.add_argument("--bbox-lambda", type=float, default=d.bbox.ridge_lambda,
                    help="ridge lambda (R-CNN 1000, official SPP code 4000)")
@@ -69,9 +89,13 @@ def config_from_args(args: argparse.Namespace) -> SPPConfig:
     return SPPConfig().replace(
         proposals={"mode": args.proposal_mode, "resize_width": args.proposal_width,
                    "max_proposals": args.max_proposals, "min_size": args.min_proposal_size},
-        features={"mode": args.mode, "backbone": args.backbone, "backbone_weights": args.backbone_weights, "scales": args.scales,
-                  "scale_rule": args.scale_rule, "projection": args.projection, "pyramid_levels": args.pyramid},
-        svm={"C": args.svm_c},
+        features={"mode": args.mode, "backbone": args.backbone, "backbone_weights": args.backbone_weights,
+                  "scales": args.scales, "scale_rule": args.scale_rule, "projection": args.projection,
+                  "pyramid_levels": args.pyramid},
+        finetune={"iterations": args.finetune_iterations, "schedule": args.schedule,
+                  "scale_sampling": args.finetune_scales, "hidden": args.finetune_hidden,
+                  "checkpoint_every": args.finetune_checkpoint_every},
+        svm={"C": args.svm_c, "feature_layer": args.feature_layer},
         bbox={"enabled": not args.no_bbox_reg, "ridge_lambda": args.bbox_lambda,
               "min_overlap": args.bbox_min_overlap},
     )

@@ -12,6 +12,9 @@ from detection.train import Trainer
 from detection.voc import VOCDataset
 from tools.common import add_config_arguments, add_runtime_arguments, config_from_args
 
+DEMO_FC_WIDTH = 512
+DEMO_ITERATIONS = 500
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="sppnet-demo", help="working directory (default: %(default)s)")
@@ -19,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     add_config_arguments(parser)
     add_runtime_arguments(parser)
+    # a narrower head fine-tuned for fewer iterations than the paper's, so the demo stays minutes on a CPU
+    parser.set_defaults(finetune_hidden=DEMO_FC_WIDTH, finetune_iterations=DEMO_ITERATIONS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +35,6 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(config_from_args(args), out / "train", device=args.device, workers=args.workers,
                       progress=not args.quiet)
     detector = trainer.train(train_set)
-    detector.extractor.cache = trainer.cache
     test_set = VOCDataset(voc, "test", classes=detector.classes)
     metrics = test_model(detector, test_set, out / "test", trainer.cache, workers=args.workers,
                          progress=not args.quiet)

@@ -1,8 +1,14 @@
-"""`sppnet train`: proposals → conv features → SVMs → box regressors → DIR/model.pt."""
+"""`sppnet train`: proposals → conv features → fine-tuning → SVMs → box regressors → DIR/model.pt.
+
+Each stage caches its output under DIR/cache with a fingerprint of its inputs: a rerun skips the
+stages that are up to date, resumes an interrupted one, and recomputes only what a changed option
+affects. ``--stages`` runs some stages alone from the others' cached outputs.
+"""
 from __future__ import annotations
 
 import argparse
 
+from detection.stages import STAGES, parse_stages
 from detection.train import Trainer
 from detection.voc import VOCDataset
 from tools.common import (
@@ -13,10 +19,20 @@ from tools.common import (
 )
 
 
+def _stages(text: str) -> tuple[str, ...]:
+    try:
+        return parse_stages(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="a VOC-format directory (VOC2007 itself or a VOCdevkit)")
     parser.add_argument("--split", default="trainval", help="ImageSets/Main split to train on (default: %(default)s)")
-    parser.add_argument("--work-dir", required=True, help="output directory: model.pt, caches under cache/")
+    parser.add_argument("--work-dir", required=True, help="output directory: model.pt, train.log, caches under cache/")
+    parser.add_argument("--stages", type=_stages, default=STAGES,
+                        help=f"comma-separated stages to run, in pipeline order (default: {','.join(STAGES)}); "
+                             "the others' outputs are read from the cache")
     parser.add_argument("--classes", type=parse_classes, default=None,
                         help="comma-separated class names (default: VOC's 20, or the names found in the annotations)")
     add_config_arguments(parser)
@@ -27,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = VOCDataset(args.data, args.split, classes=args.classes)
     trainer = Trainer(config_from_args(args), args.work_dir, device=args.device, workers=args.workers,
                       progress=not args.quiet)
-    trainer.train(dataset)
-    print(f"trained on {len(dataset)} images of {dataset.root} ({args.split}), "
-          f"{len(dataset.classes)} classes -> {trainer.work_dir / 'model.pt'}")
+    detector = trainer.train(dataset, stages=args.stages)
+    if detector is not None:
+        print(f"trained on {len(dataset)} images of {dataset.root} ({args.split}), "
+              f"{len(dataset.classes)} classes -> {trainer.work_dir / 'model.pt'}")
     return 0

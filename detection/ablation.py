@@ -1,0 +1,294 @@
+"""The ablation of the paper's Table 9: feature layers × number of scales, mAP and wall time per stage.
+
+Rows: ``pool5`` (no fine-tuning), ``fc6`` (the head before fine-tuning), ``ftfc6``, ``ftfc7`` and
+``ftfc7 + bb`` (box regression); columns: 1 scale (688) and 5 scales. Every cell is one
+:class:`~detection.train.Trainer` run in its own directory over one shared cache, so proposals,
+conv maps and the fine-tuned head are computed once per column and each row only adds what it
+changes (its SVMs, box regression, testing). :func:`write_markdown_section` puts the tables into a
+Markdown file between markers, leaving the rest of the file (the discussion) untouched.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from detection.cache import Cache, atomic_write_bytes
+from detection.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
+from detection.evaluation import evaluate_detections
+from detection.images import load_image
+from detection.inference import detect_dataset
+from detection.train import Trainer
+from detection.voc import VOCDataset
+from proposals.store import ProposalStore
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    name: str
+    feature_layer: str
+    bbox: bool
+
+
+ROWS = (
+    AblationRow("pool5", "pool5", False),
+    AblationRow("fc6", "fc6", False),
+    AblationRow("ftfc6", "ftfc6", False),
+    AblationRow("ftfc7", "ftfc7", False),
+    AblationRow("ftfc7 + bb", "ftfc7", True),
+)
+
+
+@dataclass(frozen=True)
+class AblationColumn:
+    """``max_images``: use only the first this many images of each split (None: all)."""
+
+    name: str
+    scales: tuple[int, ...]
+    max_images: int | None = None
+
+
+COLUMNS = (AblationColumn("1-scale", SINGLE_SCALE), AblationColumn("5-scale", FIVE_SCALES))
+
+# VOC's IoU 0.5 barely notices box regression on the demo's tight boxes; a stricter match shows it
+STRICT_IOU = 0.7
+
+
+@dataclass
+class CellResult:
+    row: str
+    column: str
+    metrics: dict  # VOC07 AP per class and mAP at IoU 0.5
+    strict_map: float  # mAP at IoU STRICT_IOU
+    train_s: dict[str, float]  # stages this cell computed (shared ones only in the first cell needing them)
+    test_s: float  # detection (pooling, fc, SVMs, NMS, regression) and evaluation; maps were cached
+    finetune_history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class ColumnResult:
+    column: AblationColumn
+    train_images: int
+    test_images: int
+    test_caches_s: dict[str, float]  # the test images' proposals and conv maps, computed once per column
+    cells: list[CellResult]
+
+
+def first_images(dataset: VOCDataset, count: int | None) -> VOCDataset:
+    """``dataset`` restricted to its first ``count`` images (the same dataset when None or larger)."""
+    if count is None or count >= len(dataset):
+        return dataset
+    subset = copy.copy(dataset)
+    subset.records = dataset.records[:count]
+    return subset
+
+
+def run_ablation(config: SPPConfig, train_set: VOCDataset, test_set: VOCDataset, out_dir: str | Path,
+                 columns: tuple[AblationColumn, ...] = COLUMNS, rows: tuple[AblationRow, ...] = ROWS,
+                 device: str | None = None, workers: int = 1, progress: bool = True,
+                 log: Callable[[str], None] = print) -> list[ColumnResult]:
+    """Train and test every (row, column) cell under ``out_dir`` with one shared cache; the results by column.
+
+    ``config`` gives everything but the cells' scales, feature layer and box regression.
+    """
+    out_dir = Path(out_dir)
+    cache = Cache(out_dir / "cache")
+    results = []
+    for column in columns:
+        train, test = first_images(train_set, column.max_images), first_images(test_set, column.max_images)
+        cells, test_caches_s = [], {}
+        for row in rows:
+            log(f"ablation: {row.name}, {column.name}")
+            cell_config = config.replace(features={"scales": column.scales}, svm={"feature_layer": row.feature_layer},
+                                         bbox={"enabled": row.bbox})
+            cell_dir = out_dir / column.name / row.name.replace(" + ", "-")
+            trainer = Trainer(cell_config, cell_dir, device=device, workers=workers, progress=progress, log=log,
+                              cache_dir=out_dir / "cache")
+            detector = trainer.train(train)
+            if not test_caches_s:
+                test_caches_s = _fill_test_caches(detector, test, cache, workers, progress)
+            start = time.perf_counter()
+            detections, _ = detect_dataset(detector, test, cache, workers=workers, progress=progress)
+            metrics = evaluate_detections(test, detections)
+            test_s = time.perf_counter() - start
+            strict = evaluate_detections(test, detections, iou_threshold=STRICT_IOU)["mAP"]
+            log(f"ablation: {row.name}, {column.name}: mAP {100 * metrics['mAP']:.1f} "
+                f"({100 * strict:.1f} at IoU {STRICT_IOU})")
+            cells.append(CellResult(row.name, column.name, metrics, strict, dict(trainer.timings), test_s,
+                                    trainer.finetune_history() if row.feature_layer.startswith("ft") else []))
+        results.append(ColumnResult(column, len(train), len(test), test_caches_s, cells))
+    return results
+
+
+def _fill_test_caches(detector, test_set: VOCDataset, cache: Cache, workers: int, progress: bool) -> dict[str, float]:
+    """Compute the test images' proposals and conv maps into the cache, so that testing times only detection."""
+    start = time.perf_counter()
+    store = ProposalStore(cache, detector.config.proposals, workers=workers)
+    store.compute_all([(r.image_id, r.path) for r in test_set], progress=progress)
+    proposals_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for record in test_set:
+        detector.extractor.maps(record.image_id, lambda r=record: load_image(r.path))
+    return {"proposals": proposals_s, "conv": time.perf_counter() - start}
+
+
+# -- the report ------------------------------------------------------------------------------------
+
+def machine_description(device: str) -> str:
+    """CPU model, cores and torch threads (and the GPU when one ran the conv layers)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads"
+    if device == "cuda" and torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name()}"
+    return text
+
+
+def _cell(results: list[ColumnResult], row: str, column: str) -> CellResult | None:
+    for result in results:
+        for cell in result.cells:
+            if cell.row == row and cell.column == column:
+                return cell
+    return None
+
+
+def map_table(results: list[ColumnResult], strict: bool = False) -> str:
+    """Table 9's shape: one row per feature choice, one mAP column per number of scales
+    (at IoU 0.5, or at ``STRICT_IOU`` when ``strict``)."""
+    names = [r.column.name for r in results]
+    rows = list(dict.fromkeys(cell.row for r in results for cell in r.cells))
+    lines = ["| features | " + " | ".join(f"{n} mAP (%)" for n in names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for row in rows:
+        values = [_cell(results, row, n) for n in names]
+        lines.append(f"| {row} | " + " | ".join(
+            "–" if c is None else f"{100 * (c.strict_map if strict else c.metrics['mAP']):.1f}" for c in values) + " |")
+    return "\n".join(lines)
+
+
+def ap_table(results: list[ColumnResult]) -> str:
+    """Per-class AP of every cell."""
+    classes = list(results[0].cells[0].metrics["ap"])
+    lines = ["| cell | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+    for result in results:
+        for cell in result.cells:
+            lines.append(f"| {cell.row}, {cell.column} | "
+                         + " | ".join(f"{100 * cell.metrics['ap'][c]:.1f}" for c in classes) + " |")
+    return "\n".join(lines)
+
+
+def timing_table(results: list[ColumnResult]) -> str:
+    """Wall time (s) per stage and column; shared stages appear once, learned ones per row."""
+    names = [r.column.name for r in results]
+    stage_rows: dict[str, list[str]] = {}
+
+    def put(label: str, index: int, seconds: float | None) -> None:
+        stage_rows.setdefault(label, ["–"] * len(names))
+        if seconds is not None:
+            stage_rows[label][index] = f"{seconds:.0f}"
+
+    for i, result in enumerate(results):
+        def total(stage: str) -> float:
+            return sum(c.train_s.get(stage, 0.0) for c in result.cells)
+
+        put("proposals, train images", i, total("proposals"))
+        put("conv maps, train images (+ flips)", i, total("conv"))
+        put("fine-tuning", i, total("finetune"))
+        for cell in result.cells:
+            if "svm" in cell.train_s:
+                put(f"SVMs on {cell.row}", i, cell.train_s["svm"])
+        put("box regression", i, total("bbox"))
+        put("proposals, test images", i, result.test_caches_s.get("proposals"))
+        put("conv maps, test images", i, result.test_caches_s.get("conv"))
+        for cell in result.cells:
+            put(f"test {cell.row} (detect + evaluate)", i, cell.test_s)
+    lines = ["| stage | " + " | ".join(f"{n} (s)" for n in names) + " |", "|---|" + "---:|" * len(names)]
+    lines += [f"| {label} | " + " | ".join(values) + " |" for label, values in stage_rows.items()]
+    return "\n".join(lines)
+
+
+def finetune_summary(results: list[ColumnResult]) -> str:
+    lines = []
+    for result in results:
+        history = next((c.finetune_history for c in result.cells if c.finetune_history), [])
+        if history:
+            first, last = history[0], history[-1]
+            lines.append(f"- {result.column.name}: {last['iteration']} iterations; training loss "
+                         f"{first['loss']:.3f} → {last['loss']:.3f}, accuracy {first['accuracy']:.3f} → "
+                         f"{last['accuracy']:.3f}, foreground accuracy {first['fg_accuracy']:.3f} → "
+                         f"{last['fg_accuracy']:.3f} (averages over the first and last {history[0]['iteration']} "
+                         "iterations)")
+    return "\n".join(lines)
+
+
+def report(results: list[ColumnResult], title: str, dataset: str, config: SPPConfig, machine: str,
+           command: str, date: str) -> str:
+    """The Markdown section for one ablation run."""
+    sizes = ", ".join(f"{r.column.name}: {r.train_images} trainval + {r.test_images} test images" for r in results)
+    ft = config.finetune
+    return "\n".join([
+        f"### {title}",
+        "",
+        f"- data: {dataset} ({sizes})",
+        f"- backbone {config.features.backbone}, up to {config.proposals.max_proposals} proposals per image, "
+        f"pyramid {config.features.pyramid_levels}, scale rule {config.features.scale_rule}, "
+        f"projection {config.features.projection}",
+        f"- fine-tuning: {ft.iterations} iterations of {ft.batch_size} windows, {ft.schedule} schedule, "
+        f"fc width {ft.hidden}, {ft.scale_sampling} scale per window, flips {'on' if ft.flip else 'off'}",
+        f"- machine: {machine}",
+        f"- date: {date}",
+        f"- command: `{command}`",
+        "",
+        "mAP (VOC07 11-point) on the test split:",
+        "",
+        map_table(results),
+        "",
+        f"The same detections scored at IoU ≥ {STRICT_IOU} (localisation):",
+        "",
+        map_table(results, strict=True),
+        "",
+        "Wall time per stage (cached stages are computed once per column and reused by later rows):",
+        "",
+        timing_table(results),
+        "",
+        "Fine-tuning (from the training log):",
+        "",
+        finetune_summary(results) or "- (no fine-tuned row)",
+        "",
+        "<details><summary>Per-class AP (%)</summary>",
+        "",
+        ap_table(results),
+        "",
+        "</details>",
+    ])
+
+
+def write_markdown_section(path: str | Path, section_id: str, body: str, header: str) -> None:
+    """Put ``body`` between this section's markers in ``path``: replaced if present, else appended.
+
+    A new file starts with ``header``. Text outside the markers is kept as it is.
+    """
+    path = Path(path)
+    begin, end = f"<!-- ablation {section_id}: begin (generated by `sppnet ablation`) -->", \
+        f"<!-- ablation {section_id}: end -->"
+    text = path.read_text() if path.is_file() else header.rstrip() + "\n"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        before, rest = text.split(begin, 1)
+        after = rest.split(end, 1)[1]
+        text = before + block + after
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    atomic_write_bytes(path, text.encode())

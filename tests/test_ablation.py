@@ -1,0 +1,34 @@
+"""`sppnet ablation`: every row of the table measured and written into the results file, between
+markers that a rerun replaces, leaving hand-written text alone."""
+import pytest
+
+from detection.ablation import ROWS, write_markdown_section
+from tools.cli import main
+
+
+def test_markdown_section_is_replaced_in_place_and_text_around_it_kept(tmp_path):
+    doc = tmp_path / "results.md"
+    write_markdown_section(doc, "a", "first", header="# Results")
+    doc.write_text(doc.read_text() + "\nDiscussion by hand.\n")
+    write_markdown_section(doc, "b", "other set", header="# Results")
+    write_markdown_section(doc, "a", "second", header="# Results")
+    text = doc.read_text()
+    assert text.startswith("# Results") and "Discussion by hand." in text and "other set" in text
+    assert "second" in text and "first" not in text and text.count("ablation a: begin") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:classes .* have no positives:RuntimeWarning")
+def test_ablation_command_writes_every_row(tmp_path, capsys):
+    doc = tmp_path / "results.md"
+    args = ["ablation", "--out", str(tmp_path / "out"), "--num-images", "2", "--image-size", "160x120",
+            "--columns", "1", "--max-proposals", "40", "--proposal-width", "160", "--finetune-iterations", "10",
+            "--finetune-hidden", "16", "--doc", str(doc), "--quiet", "--device", "cpu", "--workers", "1"]
+    assert main(args) == 0
+    text = doc.read_text()
+    table = text[text.index("| features |"):].split("\n\n")[0].splitlines()
+    assert [line.split("|")[1].strip() for line in table[2:]] == [row.name for row in ROWS]
+    assert all(float(line.split("|")[2]) >= 0 for line in table[2:])
+    for needle in ("machine:", "date:", "command:", "fine-tuning", "| SVMs on ftfc7 |", "| test ftfc7 + bb"):
+        assert needle in text
+    assert capsys.readouterr().out.count("mAP") == len(ROWS)

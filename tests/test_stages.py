@@ -1,0 +1,157 @@
+"""Training stages: skipping what is up to date, recomputing what an input change affects, missing
+upstream outputs, and every feature layer (and multi-scale choices) trained and tested end to end."""
+import numpy as np
+import pytest
+import torch
+
+from detection.config import SPPConfig
+from detection.demo_data import make_demo_dataset
+from detection.detector import Detector
+from detection.inference import test_model
+from detection.stages import STAGES, StageError, parse_stages
+from detection.train import Trainer
+from detection.voc import VOCDataset
+from tools.cli import main
+
+pytestmark = [pytest.mark.slow,
+              # four tiny training images leave a class without positives now and then
+              pytest.mark.filterwarnings("ignore:classes .* have no positives:RuntimeWarning")]
+
+TINY = SPPConfig().replace(
+    proposals={"max_proposals": 60, "resize_width": 160},
+    features={"scales": (160,)},
+    finetune={"hidden": 32, "iterations": 20, "checkpoint_every": 10},
+)
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages-data")
+    return make_demo_dataset(root, num_trainval=4, num_test=3, seed=2, image_size=(160, 120))
+
+
+@pytest.fixture(scope="module")
+def first_run(voc, tmp_path_factory):
+    """(work dir, cache dir, log lines) of a full TINY run; later tests reuse its cache."""
+    root = tmp_path_factory.mktemp("stages")
+    _, _, lines = train(TINY, voc, root / "first", root / "cache")
+    return root / "first", root / "cache", lines
+
+
+def train(config, voc, work_dir, cache_dir, stages=STAGES):
+    lines = []
+    trainer = Trainer(config, work_dir, device="cpu", progress=False, log=lines.append, cache_dir=cache_dir)
+    detector = trainer.train(VOCDataset(voc, "trainval"), stages=stages)
+    return detector, trainer, lines
+
+
+def ran(lines):
+    return [line.split(":")[0].removeprefix("stage ") for line in lines if line.endswith(": running")]
+
+
+def model_tensors(path):
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    flat = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}", item)
+        else:
+            flat[prefix] = value
+
+    walk("", state)
+    return flat
+
+
+def assert_same_model(path_a, path_b):
+    a, b = model_tensors(path_a), model_tensors(path_b)
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+def test_parse_stages_orders_and_rejects_unknown():
+    assert parse_stages("bbox,svm") == ("svm", "bbox")
+    with pytest.raises(ValueError, match="unknown stage"):
+        parse_stages("svm,nope")
+
+
+def test_rerun_skips_all_and_input_changes_recompute_exactly_downstream(voc, tmp_path, first_run):
+    work_dir, cache, first = first_run
+    assert ran(first) == list(STAGES)
+    detector, trainer, second = train(TINY, voc, work_dir, cache)
+    assert ran(second) == [] and trainer.timings == {}
+    assert all(f"stage {s}: up to date, skipped" in second for s in STAGES)
+    assert detector is not None and detector.head is not None and detector.regressor is not None
+
+    _, _, lines = train(TINY.replace(bbox={"ridge_lambda": 4000.0}), voc, tmp_path / "lambda", cache)
+    assert ran(lines) == ["bbox"]
+
+    # a stage alone, from the others' cached outputs
+    detector, _, lines = train(TINY.replace(svm={"C": 0.01}), voc, tmp_path / "c", cache, stages=("svm",))
+    assert ran(lines) == ["svm"] and detector is not None
+
+    _, _, lines = train(TINY.replace(proposals={"max_proposals": 40}), voc, tmp_path / "fewer", cache)
+    # conv maps do not depend on the proposals; everything that reads proposals does
+    assert ran(lines) == ["proposals", "finetune", "svm", "bbox"]
+    assert "stage conv: up to date, skipped" in lines
+
+    # the log file records each SVM retrain (positives, negatives, losses) and fine-tuning progress
+    log = (work_dir / "train.log").read_text()
+    assert "retrain after image" in log and "positives" in log and "loss" in log
+    assert "finetune 20/20" in log
+
+
+def test_a_stage_alone_needs_its_upstream_outputs(voc, tmp_path, capsys):
+    with pytest.raises(StageError, match="stage svm needs the output of stage proposals"):
+        train(TINY, voc, tmp_path / "w", tmp_path / "cache", stages=("svm",))
+    code = main(["train", "--data", str(voc), "--work-dir", str(tmp_path / "w"), "--stages", "svm",
+                 "--scales", "160", "--max-proposals", "60", "--quiet", "--device", "cpu", "--workers", "1"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "stage svm needs the output of stage proposals" in err
+
+
+@pytest.mark.parametrize("layer, changes", [
+    ("pool5", {}),
+    ("fc6", {}),
+    ("fc7", {}),
+    ("ftfc7", {}),
+    ("ftfc6", {"features": {"scales": (128, 224), "scale_rule": "official", "projection": "official"},
+               "finetune": {"scale_sampling": "chosen"}}),
+])
+def test_every_feature_layer_trains_and_tests_end_to_end(voc, tmp_path, first_run, layer, changes):
+    config = TINY.replace(svm={"feature_layer": layer}, **changes)
+    detector, trainer, _ = train(config, voc, tmp_path, first_run[1])
+    test_set = VOCDataset(voc, "test", classes=detector.classes)
+    metrics = test_model(detector, test_set, tmp_path / "test", trainer.cache, progress=False)
+    assert 0.0 <= metrics["mAP"] <= 1.0
+
+    width = detector.extractor.output_dim if layer == "pool5" else TINY.finetune.hidden
+    assert detector.svm_weights.shape == (len(detector.classes), width)
+    assert (detector.head is None) == (layer == "pool5")
+    # box regression reads pool5 with pool5's own scale (recipe §8)
+    assert (detector.bbox_feature_scale == detector.feature_scale) == (layer == "pool5")
+
+    loaded = Detector.load(tmp_path / "model.pt", device="cpu", cache=trainer.cache)
+    assert test_model(loaded, test_set, tmp_path / "test2", trainer.cache, progress=False) == metrics
+    maps, size = loaded.extractor.maps(test_set[0].image_id, None)  # cached by the test above
+    boxes = np.array([[0, 0, 50, 40], [20, 10, 100, 90]], dtype=np.float64)
+    a, b = detector.features(maps, boxes, size), loaded.features(maps, boxes, size)
+    assert torch.equal(a.svm, b.svm) and torch.equal(a.pool5, b.pool5)
+
+
+def test_vgg16_head_without_a_7x7_level_is_a_clear_error(voc, tmp_path, monkeypatch):
+    import features.backbones as backbones
+    from features.backbones import _build_vgg16
+
+    # random weights: no download; the error is about the pyramid, not the weights
+    monkeypatch.setitem(backbones._BUILDERS, "vgg16", lambda weights, pretrained: _build_vgg16(weights, False))
+    config = TINY.replace(features={"backbone": "vgg16"}, svm={"feature_layer": "fc7"}, finetune={"hidden": 4096})
+    with pytest.raises(Exception, match=r"cannot build the fc head for vgg16: .*7×7") as info:
+        train(config, voc, tmp_path, tmp_path / "cache", stages=("svm",))
+    assert "\n" not in str(info.value)

@@ -1,0 +1,82 @@
+"""`sppnet ablation`: the paper's Table 9 on the built-in demo set, written into docs/results.md.
+
+Rows pool5, fc6, ftfc6, ftfc7, ftfc7 + bb; columns 1 scale and 5 scales. Every cell trains and
+tests a detector under OUT/<column>/<row>, all over one cache (OUT/cache), so the shared stages run
+once per column. The model options below apply to every cell except --scales, --feature-layer and
+--no-bbox-reg, which the rows and columns set.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from detection.ablation import (
+    COLUMNS,
+    AblationColumn,
+    machine_description,
+    report,
+    run_ablation,
+    write_markdown_section,
+)
+from detection.demo_data import make_demo_dataset
+from detection.detector import default_device
+from detection.voc import VOCDataset
+from tools.common import add_config_arguments, add_runtime_arguments, config_from_args
+
+DOC_HEADER = """# Measured results
+
+Produced by `sppnet ablation` (tools/ablation.py); each generated section sits between markers
+and is replaced when the same data set is measured again. Text outside the markers is written by hand.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="sppnet-ablation", help="working directory (default: %(default)s)")
+    parser.add_argument("--num-images", type=int, default=40,
+                        help="generated images per split (default: %(default)s, the demo set; more makes a larger set)")
+    parser.add_argument("--seed", type=int, default=0, help="demo data seed (default: %(default)s)")
+    parser.add_argument("--image-size", type=lambda t: tuple(int(v) for v in t.split("x")), default=(320, 240),
+                        metavar="WxH", help="generated image size (default: 320x240)")
+    parser.add_argument("--five-scale-images", type=int, default=None, metavar="N",
+                        help="use only the first N images of each split in the 5-scale column (CPU budget)")
+    parser.add_argument("--columns", choices=("1", "5", "1,5"), default="1,5", help="scale columns to run")
+    parser.add_argument("--doc", default="docs/results.md", help="Markdown file to write into (default: %(default)s)")
+    add_config_arguments(parser)
+    add_runtime_arguments(parser)
+
+
+def _command_line() -> str:
+    """This command as typed, when it came from the command line (not from Python)."""
+    if sys.argv[1:2] != ["ablation"]:
+        return "sppnet ablation (called from Python)"
+    return "sppnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def run(args: argparse.Namespace) -> int:
+    width, height = args.image_size
+    name = f"demo-{args.num_images}-{width}x{height}-seed{args.seed}"
+    # one directory per generated set: image ids repeat across sets, and the caches are keyed by id
+    out = Path(args.out) / name
+    voc = make_demo_dataset(out / "data", num_trainval=args.num_images, num_test=args.num_images, seed=args.seed,
+                            image_size=(width, height))
+    train_set, test_set = VOCDataset(voc, "trainval"), VOCDataset(voc, "test")
+    one, five = COLUMNS
+    columns = {"1": (one,), "5": (AblationColumn(five.name, five.scales, args.five_scale_images),),
+               "1,5": (one, AblationColumn(five.name, five.scales, args.five_scale_images))}[args.columns]
+    config = config_from_args(args)
+    device = args.device or default_device()
+    started = datetime.now(timezone.utc)
+    results = run_ablation(config, train_set, test_set, out, columns=columns, device=device, workers=args.workers,
+                           progress=not args.quiet)
+    section = report(results, title=f"Demo set: {args.num_images} + {args.num_images} generated images "
+                                    f"({width}×{height}, seed {args.seed})",
+                     dataset=f"`make_demo_dataset(num_trainval={args.num_images}, num_test={args.num_images}, "
+                             f"seed={args.seed}, image_size=({width}, {height}))`",
+                     config=config, machine=machine_description(device),
+                     command=_command_line(), date=started.strftime("%Y-%m-%d %H:%M UTC"))
+    write_markdown_section(args.doc, name, section, DOC_HEADER)
+    print(f"tables written to {args.doc}")
+    return 0
