@@ -64,6 +64,7 @@ STRICT_IOU = 0.7
 class CellResult:
     row: str
     column: str
+    feature_layer: str
     metrics: dict  # VOC07 AP per class and mAP at IoU 0.5
     strict_map: float  # mAP at IoU STRICT_IOU
     train_s: dict[str, float]  # stages this cell computed (shared ones only in the first cell needing them)
@@ -76,8 +77,14 @@ class ColumnResult:
     column: AblationColumn
     train_images: int
     test_images: int
-    test_caches_s: dict[str, float]  # the test images' proposals and conv maps, computed once per column
+    test_conv_s: float  # the test images' conv maps, computed once per column before testing
     cells: list[CellResult]
+
+
+@dataclass
+class AblationResult:
+    proposals_s: dict[str, float]  # selective search per split ("trainval", "test"), shared by the columns
+    columns: list[ColumnResult]
 
 
 def first_images(dataset: VOCDataset, count: int | None) -> VOCDataset:
@@ -92,17 +99,24 @@ def first_images(dataset: VOCDataset, count: int | None) -> VOCDataset:
 def run_ablation(config: SPPConfig, train_set: VOCDataset, test_set: VOCDataset, out_dir: str | Path,
                  columns: tuple[AblationColumn, ...] = COLUMNS, rows: tuple[AblationRow, ...] = ROWS,
                  device: str | None = None, workers: int = 1, progress: bool = True,
-                 log: Callable[[str], None] = print) -> list[ColumnResult]:
-    """Train and test every (row, column) cell under ``out_dir`` with one shared cache; the results by column.
+                 log: Callable[[str], None] = print) -> AblationResult:
+    """Train and test every (row, column) cell under ``out_dir`` with one shared cache.
 
-    ``config`` gives everything but the cells' scales, feature layer and box regression.
+    ``config`` gives everything but the cells' scales, feature layer and box regression. Proposals
+    do not depend on the scales, so they are computed (and timed) once, before the columns.
     """
     out_dir = Path(out_dir)
     cache = Cache(out_dir / "cache")
+    store = ProposalStore(cache, config.proposals, workers=workers)
+    proposals_s = {}
+    for dataset in (train_set, test_set):
+        start = time.perf_counter()
+        store.compute_all([(r.image_id, r.path) for r in dataset], progress=progress)
+        proposals_s[dataset.split] = time.perf_counter() - start
     results = []
     for column in columns:
         train, test = first_images(train_set, column.max_images), first_images(test_set, column.max_images)
-        cells, test_caches_s = [], {}
+        cells, test_conv_s = [], None
         for row in rows:
             log(f"ablation: {row.name}, {column.name}")
             cell_config = config.replace(features={"scales": column.scales}, svm={"feature_layer": row.feature_layer},
@@ -111,8 +125,8 @@ def run_ablation(config: SPPConfig, train_set: VOCDataset, test_set: VOCDataset,
             trainer = Trainer(cell_config, cell_dir, device=device, workers=workers, progress=progress, log=log,
                               cache_dir=out_dir / "cache")
             detector = trainer.train(train)
-            if not test_caches_s:
-                test_caches_s = _fill_test_caches(detector, test, cache, workers, progress)
+            if test_conv_s is None:
+                test_conv_s = _fill_test_maps(detector, test)
             start = time.perf_counter()
             detections, _ = detect_dataset(detector, test, cache, workers=workers, progress=progress)
             metrics = evaluate_detections(test, detections)
@@ -120,22 +134,19 @@ def run_ablation(config: SPPConfig, train_set: VOCDataset, test_set: VOCDataset,
             strict = evaluate_detections(test, detections, iou_threshold=STRICT_IOU)["mAP"]
             log(f"ablation: {row.name}, {column.name}: mAP {100 * metrics['mAP']:.1f} "
                 f"({100 * strict:.1f} at IoU {STRICT_IOU})")
-            cells.append(CellResult(row.name, column.name, metrics, strict, dict(trainer.timings), test_s,
-                                    trainer.finetune_history() if row.feature_layer.startswith("ft") else []))
-        results.append(ColumnResult(column, len(train), len(test), test_caches_s, cells))
-    return results
+            history = trainer.finetune_history() if row.feature_layer.startswith("ft") else []
+            cells.append(CellResult(row.name, column.name, row.feature_layer, metrics, strict, dict(trainer.timings),
+                                    test_s, history))
+        results.append(ColumnResult(column, len(train), len(test), test_conv_s, cells))
+    return AblationResult(proposals_s, results)
 
 
-def _fill_test_caches(detector, test_set: VOCDataset, cache: Cache, workers: int, progress: bool) -> dict[str, float]:
-    """Compute the test images' proposals and conv maps into the cache, so that testing times only detection."""
-    start = time.perf_counter()
-    store = ProposalStore(cache, detector.config.proposals, workers=workers)
-    store.compute_all([(r.image_id, r.path) for r in test_set], progress=progress)
-    proposals_s = time.perf_counter() - start
+def _fill_test_maps(detector, test_set: VOCDataset) -> float:
+    """Compute the test images' conv maps into the detector's cache, so that testing times only detection."""
     start = time.perf_counter()
     for record in test_set:
         detector.extractor.maps(record.image_id, lambda r=record: load_image(r.path))
-    return {"proposals": proposals_s, "conv": time.perf_counter() - start}
+    return time.perf_counter() - start
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -150,7 +161,8 @@ def machine_description(device: str) -> str:
                 break
     except OSError:
         pass
-    text = f"{cpu}, {os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads"
+    threads = torch.get_num_threads()
+    text = f"{cpu}, {os.cpu_count()} cores visible, {threads} torch thread{'s' if threads != 1 else ''}"
     if device == "cuda" and torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name()}"
     return text
@@ -190,28 +202,27 @@ def ap_table(results: list[ColumnResult]) -> str:
 
 
 def timing_table(results: list[ColumnResult]) -> str:
-    """Wall time (s) per stage and column; shared stages appear once, learned ones per row."""
+    """Wall time (s) per stage and column: stages shared by the rows once, learned ones per row.
+
+    A stage no cell of the column computed (its output was already cached) reads "cached".
+    """
     names = [r.column.name for r in results]
     stage_rows: dict[str, list[str]] = {}
 
     def put(label: str, index: int, seconds: float | None) -> None:
-        stage_rows.setdefault(label, ["–"] * len(names))
-        if seconds is not None:
-            stage_rows[label][index] = f"{seconds:.0f}"
+        stage_rows.setdefault(label, ["–"] * len(names))[index] = "cached" if seconds is None else f"{seconds:.0f}"
 
     for i, result in enumerate(results):
-        def total(stage: str) -> float:
-            return sum(c.train_s.get(stage, 0.0) for c in result.cells)
+        def computed(stage: str, cells: list[CellResult] = result.cells) -> float | None:
+            times = [c.train_s[stage] for c in cells if stage in c.train_s]
+            return sum(times) if times else None
 
-        put("proposals, train images", i, total("proposals"))
-        put("conv maps, train images (+ flips)", i, total("conv"))
-        put("fine-tuning", i, total("finetune"))
-        for cell in result.cells:
-            if "svm" in cell.train_s:
-                put(f"SVMs on {cell.row}", i, cell.train_s["svm"])
-        put("box regression", i, total("bbox"))
-        put("proposals, test images", i, result.test_caches_s.get("proposals"))
-        put("conv maps, test images", i, result.test_caches_s.get("conv"))
+        put("conv maps, trainval images (+ flips)", i, computed("conv"))
+        put("fine-tuning", i, computed("finetune"))
+        for layer in dict.fromkeys(c.feature_layer for c in result.cells):
+            put(f"SVMs on {layer}", i, computed("svm", [c for c in result.cells if c.feature_layer == layer]))
+        put("box regression", i, computed("bbox"))
+        put("conv maps, test images", i, result.test_conv_s)
         for cell in result.cells:
             put(f"test {cell.row} (detect + evaluate)", i, cell.test_s)
     lines = ["| stage | " + " | ".join(f"{n} (s)" for n in names) + " |", "|---|" + "---:|" * len(names)]
@@ -233,10 +244,12 @@ def finetune_summary(results: list[ColumnResult]) -> str:
     return "\n".join(lines)
 
 
-def report(results: list[ColumnResult], title: str, dataset: str, config: SPPConfig, machine: str,
+def report(result: AblationResult, title: str, dataset: str, config: SPPConfig, machine: str,
            command: str, date: str) -> str:
     """The Markdown section for one ablation run."""
-    sizes = ", ".join(f"{r.column.name}: {r.train_images} trainval + {r.test_images} test images" for r in results)
+    columns = result.columns
+    sizes = ", ".join(f"{r.column.name}: {r.train_images} trainval + {r.test_images} test images" for r in columns)
+    proposals = ", ".join(f"{seconds:.0f} s for {split}" for split, seconds in result.proposals_s.items())
     ft = config.finetune
     return "\n".join([
         f"### {title}",
@@ -253,23 +266,25 @@ def report(results: list[ColumnResult], title: str, dataset: str, config: SPPCon
         "",
         "mAP (VOC07 11-point) on the test split:",
         "",
-        map_table(results),
+        map_table(columns),
         "",
         f"The same detections scored at IoU ≥ {STRICT_IOU} (localisation):",
         "",
-        map_table(results, strict=True),
+        map_table(columns, strict=True),
         "",
-        "Wall time per stage (cached stages are computed once per column and reused by later rows):",
+        f"Wall time per stage, in seconds. Selective search, which does not depend on the scales, ran once "
+        f"before the columns: {proposals}. Within a column, a stage shared by several rows (conv maps, "
+        "fine-tuning, box regression) runs in the first row that needs it and is read from the cache after.",
         "",
-        timing_table(results),
+        timing_table(columns),
         "",
         "Fine-tuning (from the training log):",
         "",
-        finetune_summary(results) or "- (no fine-tuned row)",
+        finetune_summary(columns) or "- (no fine-tuned row)",
         "",
         "<details><summary>Per-class AP (%)</summary>",
         "",
-        ap_table(results),
+        ap_table(columns),
         "",
         "</details>",
     ])

@@ -155,3 +155,38 @@ def test_vgg16_head_without_a_7x7_level_is_a_clear_error(voc, tmp_path, monkeypa
     with pytest.raises(Exception, match=r"cannot build the fc head for vgg16: .*7×7") as info:
         train(config, voc, tmp_path, tmp_path / "cache", stages=("svm",))
     assert "\n" not in str(info.value)
+
+
+class CountingExtractor:
+    """Pools a window to (x1, y1, x2, y2, scale index): values exact in fp16, calls counted."""
+
+    output_dim = 5
+
+    def __init__(self):
+        self.pooled = 0
+
+    def pool(self, maps, boxes, image_size, scale_index=None):
+        self.pooled += len(boxes)
+        scales = torch.zeros(len(boxes)) if scale_index is None else torch.as_tensor(scale_index).float()
+        return torch.cat([torch.as_tensor(boxes, dtype=torch.float32), scales[:, None]], dim=1)
+
+
+def test_pooled_windows_remember_vectors_mirror_flips_and_stay_bounded():
+    from types import SimpleNamespace
+
+    from detection.train import PooledWindows
+
+    boxes = np.array([[0, 0, 9, 9], [10, 20, 30, 40], [5, 5, 50, 60]], dtype=np.float64)
+    windows = [SimpleNamespace(boxes=boxes)]  # one image, index 1 is its mirror image
+    extractor = CountingExtractor()
+    pool = PooledWindows(extractor, lambda index: ([], (100, 200)), windows, max_bytes=2 * 5 * 4)
+    first = pool(0, np.array([2, 0]), np.array([1, 0]))
+    assert torch.equal(first, extractor.pool(None, boxes[[2, 0]], None, [1, 0])) and extractor.pooled == 4
+    again = pool(0, np.array([0, 2]), np.array([0, 1]))  # remembered: nothing pooled
+    assert torch.equal(again, first[[1, 0]]) and extractor.pooled == 4
+    mirrored = pool(1, np.array([1]), None)
+    assert mirrored[0, :4].tolist() == [200 - 1 - 30, 20, 200 - 1 - 10, 40]
+    pool(0, np.array([1, 2]), np.array([0, 0]))  # a fifth vector: the least recently used, (0, 0), is dropped
+    before = extractor.pooled
+    pool(0, np.array([2, 0]), np.array([1, 0]))
+    assert extractor.pooled == before + 1
