@@ -1,16 +1,16 @@
-"""Detection: the detector that ties the stages together, evaluators, result writers, the Python API.
+"""Detection: the layers above the stage packages, from the shared vocabulary up to whole runs.
 
-The foundations every stage shares live here too: :mod:`detection.config` (defaults),
-:mod:`detection.boxes` (box convention and utilities), :mod:`detection.voc` (datasets),
-:mod:`detection.cache` (on-disk intermediates), :mod:`detection.images` (image reading).
+Imports go one way, downwards (``tests/test_layers.py`` checks it)::
+
+    tools/                      the ``sppnet`` command: argparse and printing
+    detection.runs              test, batch detection, benchmark, ablation
+    detection.training          the stage plan and the trainer
+    detection.detector          the detector and its model file (the Python API)
+    detection.evaluation        VOC devkit metric, pycocotools
+    detection.visualize         pictures of detections and PR curves
+    detection.data              VOC, COCO, devkit files, the generated data sets
+    proposals/ features/ svm/   the stages; from detection they import only detection.core
+    detection.core              config, boxes, detections, errors, images, caches
+
+The Python API: ``from detection.detector import Detector``.
 """
-
-
-def __getattr__(name):
-    # Imported lazily so that proposals/, features/ and svm/ can use detection.boxes and
-    # detection.config without importing the whole detector (and torch models) first.
-    if name == "Detector":
-        from detection.detector import Detector
-
-        return Detector
-    raise AttributeError(f"module 'detection' has no attribute {name!r}")

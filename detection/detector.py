@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detection.boxes import apply_bbox_deltas, batched_nms, clip_boxes
-from detection.cache import Cache, atomic_write_bytes
-from detection.config import SPPConfig
-from detection.errors import SppnetError
-from detection.images import as_rgb_array
-from detection.results import Detections
+from detection.core.boxes import apply_bbox_deltas, batched_nms, clip_boxes
+from detection.core.cache import Cache, atomic_write_bytes
+from detection.core.config import SPPConfig
+from detection.core.errors import SppnetError
+from detection.core.images import as_rgb_array
+from detection.core.detections import Detections
 from features.backbones import Backbone, build_backbone
 from features.extractor import build_extractor
 from features.head import FCHead

@@ -13,8 +13,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from detection.cache import atomic_write_bytes
-from detection.results import Detections
+from detection.core.cache import atomic_write_bytes
+from detection.core.detections import Detections
 
 # Sasha Trubetskoy's 20 distinct colours, most distinct first: a class's colour is told apart
 # from its neighbours' even on a busy photo. Classes beyond 20 get golden-ratio hues.
@@ -160,7 +160,7 @@ def pr_chart(series: Sequence[tuple[str, np.ndarray, np.ndarray, tuple[int, int,
     """A (540, 720, 3) uint8 RGB chart of precision against recall with a legend.
 
     ``series``: (legend text, recall (M,), precision (M,), RGB colour), each in decreasing-score
-    order as :func:`~detection.evaluation.evaluate_class` returns them. Each is drawn as its
+    order as :func:`~detection.evaluation.voc_eval.evaluate_class` returns them. Each is drawn as its
     interpolated (monotone) precision, with the raw curve faintly behind it.
     """
     width, height = CHART_SIZE
@@ -196,7 +196,7 @@ def save_pr_curves(curves: dict[str, tuple[float, np.ndarray, np.ndarray]], out_
                    metric: str) -> list[Path]:
     """Write ``pr_<class>.png`` for each class and ``pr_all.png`` with every class; return the paths.
 
-    ``curves``: class name -> (AP, recall, precision), as :func:`~detection.evaluation.class_curves` gives.
+    ``curves``: class name -> (AP, recall, precision), as :func:`~detection.evaluation.voc_eval.class_curves` gives.
     """
     out_dir = Path(out_dir)
     paths, everything = [], []

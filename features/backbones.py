@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from detection.errors import SppnetError
+from detection.core.errors import SppnetError
 from features.receptive_field import conv_geometry
 
 BACKBONES = ("efficientnet_lite0", "alexnet", "vgg16", "zf5")

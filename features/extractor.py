@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import torch
 
-from detection.cache import Cache
-from detection.config import FeatureConfig, fingerprint
+from detection.core.cache import Cache
+from detection.core.config import FeatureConfig, fingerprint
 from features.backbones import Backbone
 from features.projection import choose_scales, image_scale_factors, project_boxes
 from features.spp import spatial_pyramid_pool, spp_output_dim

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from detection.cache import atomic_write_bytes
-from detection.config import FinetuneConfig, fingerprint
+from detection.core.cache import atomic_write_bytes
+from detection.core.config import FinetuneConfig, fingerprint
 from features.head import FCHead
 
 # name: (base learning rate, iterations after which the rate drops ×0.1, the schedule's length)

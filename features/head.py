@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detection.config import FinetuneConfig
+from detection.core.config import FinetuneConfig
 from features.backbones import Backbone
 from features.spp import spp_output_dim
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from detection.config import FeatureConfig
+from detection.core.config import FeatureConfig
 from features.backbones import Backbone
 from features.spp import spp_output_dim, whole_map_pyramid_pool
 

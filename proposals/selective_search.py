@@ -1,6 +1,6 @@
 """Selective search windows (recipe §5) and R-CNN's precomputed proposal files.
 
-Boxes follow :mod:`detection.boxes`: (N, 4) float64, 0-based inclusive (x1, y1, x2, y2) in the
+Boxes follow :mod:`detection.core.boxes`: (N, 4) float64, 0-based inclusive (x1, y1, x2, y2) in the
 coordinates of the image as given.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import scipy.io
 
-from detection.boxes import clip_boxes, remove_small_boxes, unique_boxes
-from detection.config import ProposalConfig
+from detection.core.boxes import clip_boxes, remove_small_boxes, unique_boxes
+from detection.core.config import ProposalConfig
 
 # OpenCV ranks selective search's regions with C's rand(), whose state is per process: without a
 # reseed the boxes kept (and their order) depend on how many images the process did before, so

@@ -10,9 +10,9 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from detection.cache import Cache
-from detection.config import ProposalConfig, fingerprint
-from detection.images import ImageError, load_image
+from detection.core.cache import Cache
+from detection.core.config import ProposalConfig, fingerprint
+from detection.core.images import ImageError, load_image
 from proposals.selective_search import selective_search
 
 STAGE = "proposals"

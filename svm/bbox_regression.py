@@ -22,7 +22,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_is_fitted
 
-from detection.boxes import bbox_regression_targets, max_overlaps
+from detection.core.boxes import bbox_regression_targets, max_overlaps
 
 _GRAM_BLOCK_ROWS = 4096  # rows converted to float64 at a time when accumulating A'A
 

@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from detection.config import SVMConfig
+from detection.core.config import SVMConfig
 from svm.linear_svm import LinearSVM
 
 logger = logging.getLogger(__name__)

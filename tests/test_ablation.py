@@ -2,7 +2,7 @@
 markers that a rerun replaces, leaving hand-written text alone."""
 import pytest
 
-from detection.ablation import ROWS, write_markdown_section
+from detection.runs.ablation import ROWS, write_markdown_section
 from tools.cli import main
 
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from detection.batch import (
+from detection.runs.batch import (
     DetectionFilter, ProposalPipeline, ReadOptions, _truncate_torn_line, find_images, read_records, shard,
 )
-from detection.config import ProposalConfig, SPPConfig
+from detection.core.config import ProposalConfig, SPPConfig
 from detection.detector import Detector
-from detection.results import Detections
+from detection.core.detections import Detections
 from features.backbones import build_backbone
 from features.spp import spp_output_dim
 from proposals.selective_search import _proposal_image, selective_search

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from detection.boxes import apply_bbox_deltas, bbox_regression_targets, box_iou
+from detection.core.boxes import apply_bbox_deltas, bbox_regression_targets, box_iou
 from svm.bbox_regression import BoxRegressor, regression_training_set
 
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from detection.benchmark import (
+from detection.runs.benchmark import (
     MODES, STEPS, BenchmarkError, Stopwatch, fixed_proposals, format_report, peak_memory, reset_peak_memory,
 )
-from detection.demo_data import make_demo_dataset
+from detection.data.demo import make_demo_dataset
 from tools.cli import main
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision
 
-from detection import boxes as B
+from detection.core import boxes as B
 
 
 def random_boxes(rng, n, size=100):

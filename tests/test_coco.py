@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detection.coco import (
-    coco_evaluate, detections_to_coco, format_coco_table, from_coco_boxes, read_coco_detections, to_coco_boxes,
-    voc_to_coco,
-)
-from detection.results import Detections, write_devkit_results
-from detection.voc import VOCDataset
+from detection.evaluation.coco_eval import coco_evaluate, format_coco_table
+from detection.data.coco import detections_to_coco, read_coco_detections, voc_to_coco
+from detection.core.boxes import from_coco_boxes, to_coco_boxes
+from detection.core.detections import Detections
+from detection.data.devkit import write_devkit_results
+from detection.data.voc import VOCDataset
 from tools.cli import main
 
 CLASSES = ("cat", "dog")

@@ -5,9 +5,9 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from detection.demo_data import DEMO_CLASSES, PARAMS_FILE, make_demo_dataset
-from detection.images import load_image
-from detection.voc import VOC_CLASSES, VOCDataset
+from detection.data.demo import DEMO_CLASSES, PARAMS_FILE, make_demo_dataset
+from detection.core.images import load_image
+from detection.data.voc import VOC_CLASSES, VOCDataset
 
 
 def file_bytes(voc):

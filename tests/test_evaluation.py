@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detection.evaluation import (
+from detection.evaluation.voc_eval import (
     evaluate_class,
     evaluate_detections,
     format_ap_table,
     voc_ap,
 )
-from detection.results import Detections, read_devkit_results, write_devkit_results
-from detection.voc import VOCDataset
+from detection.core.detections import Detections
+from detection.data.devkit import read_devkit_results, write_devkit_results
+from detection.data.voc import VOCDataset
 
 METRICS = ("voc07", "voc10")
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from detection.config import FeatureConfig, FinetuneConfig
+from detection.core.config import FeatureConfig, FinetuneConfig
 from features.backbones import build_backbone
 from features.extractor import SPPFeatureExtractor
 from features.finetune import (

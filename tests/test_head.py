@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detection.config import FinetuneConfig
+from detection.core.config import FinetuneConfig
 from features.backbones import build_backbone
 from features.head import FCHead, build_head, widen_fc6
 from features.spp import spatial_pyramid_pool, spp_output_dim

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from detection.config import FIVE_SCALES
+from detection.core.config import FIVE_SCALES
 from features.projection import choose_scales, image_scale_factors, project_boxes
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")

@@ -5,9 +5,9 @@ import scipy.io
 from PIL import Image
 
 import proposals.store as store_module
-from detection.cache import Cache
-from detection.config import ProposalConfig
-from detection.images import ImageError
+from detection.core.cache import Cache
+from detection.core.config import ProposalConfig
+from detection.core.images import ImageError
 from proposals.selective_search import load_rcnn_proposals, selective_search
 from proposals.store import ProposalStore, with_ground_truth
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detection.config import FeatureConfig
-from detection.demo_data import make_demo_dataset
+from detection.core.config import FeatureConfig
+from detection.data.demo import make_demo_dataset
 from features.backbones import build_backbone
 from features.extractor import SPPFeatureExtractor, build_extractor
 from features.rcnn import RCNNFeatureExtractor, rcnn_crop_boxes, warp_crops

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from detection.demo_data import make_demo_dataset
+from detection.data.demo import make_demo_dataset
 
 pytestmark = pytest.mark.slow
 

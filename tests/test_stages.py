@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from detection.config import SPPConfig
-from detection.demo_data import make_demo_dataset
+from detection.core.config import SPPConfig
+from detection.data.demo import make_demo_dataset
 from detection.detector import Detector
-from detection.inference import test_model
-from detection.stages import STAGES, StageError, parse_stages
-from detection.train import Trainer
-from detection.voc import VOCDataset
+from detection.runs.test import test_model
+from detection.training.stages import STAGES, StageError, parse_stages
+from detection.training.trainer import Trainer
+from detection.data.voc import VOCDataset
 from tools.cli import main
 
 pytestmark = [pytest.mark.slow,
@@ -174,7 +174,7 @@ class CountingExtractor:
 def test_pooled_windows_remember_vectors_mirror_flips_and_stay_bounded():
     from types import SimpleNamespace
 
-    from detection.train import PooledWindows
+    from detection.training.trainer import PooledWindows
 
     boxes = np.array([[0, 0, 9, 9], [10, 20, 30, 40], [5, 5, 50, 60]], dtype=np.float64)
     windows = [SimpleNamespace(boxes=boxes)]  # one image, index 1 is its mirror image

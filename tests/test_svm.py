@@ -5,7 +5,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.svm import LinearSVC
 
 import svm.hard_negatives as hn
-from detection.config import SVMConfig
+from detection.core.config import SVMConfig
 from svm.feature_norm import feature_norm_scale, sample_indices
 from svm.hard_negatives import HardNegativeSVMs
 from svm.linear_svm import LinearSVM

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detection.results import Detections
+from detection.core.detections import Detections
 from detection.visualize import (
     PALETTE, class_colour, draw_detections, pr_chart, save_pr_curves, save_visualization, text_colour,
 )

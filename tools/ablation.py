@@ -14,7 +14,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from detection.ablation import (
+from detection.runs.ablation import (
     COLUMNS,
     AblationColumn,
     machine_description,
@@ -22,9 +22,9 @@ from detection.ablation import (
     run_ablation,
     write_markdown_section,
 )
-from detection.demo_data import make_demo_dataset
+from detection.data.demo import make_demo_dataset
 from detection.detector import default_device
-from detection.voc import VOCDataset
+from detection.data.voc import VOCDataset
 from tools.common import add_config_arguments, add_runtime_arguments, config_from_args
 
 ABLATION_FC_WIDTH = 1024

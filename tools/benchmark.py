@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from detection.batch import find_images
-from detection.benchmark import PASS_FRACTION, BenchmarkSettings, format_report, run_benchmark, untrained_detector
-from detection.cache import atomic_write_bytes
-from detection.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
+from detection.runs.batch import find_images
+from detection.runs.benchmark import PASS_FRACTION, BenchmarkSettings, format_report, run_benchmark, untrained_detector
+from detection.core.cache import atomic_write_bytes
+from detection.core.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
 from detection.detector import Detector, default_device
-from detection.images import load_image
-from detection.voc import VOCDataset
+from detection.core.images import load_image
+from detection.data.voc import VOCDataset
 from features.backbones import BACKBONES
 from tools.common import parse_scales
 

@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from detection.errors import SppnetError
+from detection.core.errors import SppnetError
 from tools import ablation, benchmark, demo, detect_net, eval_net, test_net, train_net
 
 COMMANDS = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from detection.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
+from detection.core.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
 from detection.detector import FEATURE_LAYERS
 from features.backbones import BACKBONES
 from features.finetune import SCALE_SAMPLING, SCHEDULES

@@ -5,11 +5,11 @@ import argparse
 import time
 from pathlib import Path
 
-from detection.demo_data import make_demo_dataset
-from detection.evaluation import format_ap_table
-from detection.inference import test_model
-from detection.train import Trainer
-from detection.voc import VOCDataset
+from detection.data.demo import make_demo_dataset
+from detection.evaluation.voc_eval import format_ap_table
+from detection.runs.test import test_model
+from detection.training.trainer import Trainer
+from detection.data.voc import VOCDataset
 from tools.common import add_config_arguments, add_runtime_arguments, config_from_args
 
 DEMO_FC_WIDTH = 512

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detection.batch import (
+from detection.runs.batch import (
     DETECTIONS, FAILED, PREDICTIONS, BatchError, BatchSummary, DetectionFilter, OutputDir, ReadOptions,
     class_indices, common_root, detect_files, distributed_env, file_sha1, find_images, gather_counts, shard,
     share_cores,
 )
 from detection.detector import Detector, default_device
-from detection.images import DEFAULT_MAX_PIXELS
+from detection.core.images import DEFAULT_MAX_PIXELS
 from tools.common import add_runtime_arguments, parse_classes
 
 # Images whose shorter side is below this many conv strides are refused: they hold fewer than 2x2

@@ -10,11 +10,13 @@ import argparse
 import json
 from pathlib import Path
 
-from detection.cache import atomic_write_bytes
-from detection.coco import coco_evaluate, format_coco_table, read_coco_detections
-from detection.evaluation import class_curves, evaluate_detections, format_ap_table
-from detection.results import Detections, read_devkit_results
-from detection.voc import VOCDataset
+from detection.core.cache import atomic_write_bytes
+from detection.evaluation.coco_eval import coco_evaluate, format_coco_table
+from detection.data.coco import read_coco_detections
+from detection.evaluation.voc_eval import class_curves, evaluate_detections, format_ap_table
+from detection.core.detections import Detections
+from detection.data.devkit import read_devkit_results
+from detection.data.voc import VOCDataset
 from tools.common import parse_classes
 
 EPILOG = """\

@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detection.cache import Cache
+from detection.core.cache import Cache
 from detection.detector import Detector
-from detection.evaluation import format_ap_table
-from detection.inference import test_model
-from detection.voc import VOCDataset
+from detection.evaluation.voc_eval import format_ap_table
+from detection.runs.test import test_model
+from detection.data.voc import VOCDataset
 from tools.common import add_runtime_arguments
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from detection.stages import STAGES, parse_stages
-from detection.train import Trainer
-from detection.voc import VOCDataset
+from detection.training.stages import STAGES, parse_stages
+from detection.training.trainer import Trainer
+from detection.data.voc import VOCDataset
 from tools.common import (
     add_config_arguments,
     add_runtime_arguments,

@@ -48,10 +48,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from detection.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
+from detection.core.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
 from detection.detector import Detector
-from detection.errors import SppnetError
-from detection.voc import VOC_CLASSES
+from detection.core.errors import SppnetError
+from detection.data.voc import VOC_CLASSES
 from features.backbones import build_backbone
 from features.extractor import build_extractor
 from features.rcnn import RCNNFeatureExtractor

@@ -1,4 +1,4 @@
-"""Per-image detections and the files they are written to.
+"""Devkit result files: writing and reading the per-class detection lists.
 
 Devkit result files (recipe §10): one ``<prefix>_<split>_<class>.txt`` per class, one line per
 detection, ``<image_id> <score> <x1> <y1> <x2> <y2>`` with the devkit's 1-based pixel indices.
@@ -7,41 +7,16 @@ scores with six (py-faster-rcnn's three create ties that the evaluator then brea
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from detection.cache import atomic_write_bytes
-
-
-@dataclass
-class Detections:
-    """One image's detections: ``boxes`` (M, 4) float 0-based inclusive, ``scores`` (M,), ``labels`` (M,) class indices."""
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-
-    @classmethod
-    def empty(cls) -> Detections:
-        return cls(np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64))
-
-    def __len__(self) -> int:
-        return len(self.scores)
+from detection.core.cache import atomic_write_bytes
+from detection.core.detections import Detections, check_labels
 
 
 def devkit_results_path(results_dir: str | Path, split: str, class_name: str, prefix: str = "comp4_det") -> Path:
     return Path(results_dir) / f"{prefix}_{split}_{class_name}.txt"
-
-
-def check_labels(labels: np.ndarray, num_classes: int, image_ids: np.ndarray | str) -> None:
-    """Raise ValueError naming the image when a label (N,) is not a class index; ``image_ids`` (N,) or one id."""
-    bad = (labels < 0) | (labels >= num_classes)
-    if bad.any():
-        image_id = np.broadcast_to(np.asarray(image_ids), labels.shape)[bad][0]
-        raise ValueError(f"detection label {labels[bad][0]} of image '{image_id}' is not one of the "
-                         f"{num_classes} class indices")
 
 
 def _class_lines(image_id: str, dets: Detections, num_classes: int) -> list[tuple[int, str]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from detection.boxes import box_iou
+from detection.core.boxes import box_iou
 
 DEMO_CLASSES = ("circle", "cross", "square", "star", "triangle")
 

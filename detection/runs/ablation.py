@@ -2,7 +2,7 @@
 
 Rows: ``pool5`` (no fine-tuning), ``fc6`` (the head before fine-tuning), ``ftfc6``, ``ftfc7`` and
 ``ftfc7 + bb`` (box regression); columns: 1 scale (688) and 5 scales. Every cell is one
-:class:`~detection.train.Trainer` run in its own directory over one shared cache, so proposals,
+:class:`~detection.training.trainer.Trainer` run in its own directory over one shared cache, so proposals,
 conv maps and the fine-tuned head are computed once per column and each row only adds what it
 changes (its SVMs, box regression, testing). :func:`write_markdown_section` puts the tables into a
 Markdown file between markers, leaving the rest of the file (the discussion) untouched.
@@ -19,13 +19,13 @@ from typing import Callable
 
 import torch
 
-from detection.cache import Cache, atomic_write_bytes
-from detection.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
-from detection.evaluation import evaluate_detections
-from detection.images import load_image
-from detection.inference import detect_dataset
-from detection.train import Trainer
-from detection.voc import VOCDataset
+from detection.core.cache import Cache, atomic_write_bytes
+from detection.core.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
+from detection.evaluation.voc_eval import evaluate_detections
+from detection.core.images import load_image
+from detection.runs.test import detect_dataset
+from detection.training.trainer import Trainer
+from detection.data.voc import VOCDataset
 from proposals.store import ProposalStore
 
 

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from detection.cache import Cache, atomic_write_bytes
+from detection.core.cache import Cache, atomic_write_bytes
 from detection.detector import Detector
-from detection.evaluation import evaluate_detections
-from detection.images import load_image
-from detection.results import Detections, write_devkit_results
-from detection.voc import VOCDataset
+from detection.evaluation.voc_eval import evaluate_detections
+from detection.core.images import load_image
+from detection.core.detections import Detections
+from detection.data.devkit import write_devkit_results
+from detection.data.voc import VOCDataset
 from proposals.store import ProposalStore
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detection.errors import SppnetError
+from detection.core.errors import SppnetError
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -1,4 +1,4 @@
-"""Training stage by stage, each reading the previous stages' cached outputs (see :mod:`detection.stages`).
+"""Training stage by stage, each reading the previous stages' cached outputs (see :mod:`detection.training.stages`).
 
 Stages (recipe §4–§8): ``proposals`` (selective search, cached per image), ``conv`` (feature maps
 per image and scale in fp16, and of the flipped training images when fine-tuning), ``finetune``
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from detection.boxes import box_iou, flip_boxes
-from detection.cache import Cache, atomic_write_bytes
-from detection.config import SPPConfig, fingerprint
+from detection.core.boxes import box_iou, flip_boxes
+from detection.core.cache import Cache, atomic_write_bytes
+from detection.core.config import SPPConfig, fingerprint
 from detection.detector import (
     Detector,
     default_device,
@@ -41,9 +41,9 @@ from detection.detector import (
     state_hash,
     weights_id,
 )
-from detection.errors import SppnetError
-from detection.images import load_image
-from detection.stages import (
+from detection.core.errors import SppnetError
+from detection.core.images import load_image
+from detection.training.stages import (
     FLIP_SUFFIX,
     STAGES,
     UPSTREAM,
@@ -52,7 +52,7 @@ from detection.stages import (
     missing_upstream_error,
     tensors,
 )
-from detection.voc import ImageRecord, VOCDataset
+from detection.data.voc import ImageRecord, VOCDataset
 from features.backbones import build_backbone
 from features.extractor import CONV_STAGE, SPPFeatureExtractor, build_extractor
 from features.finetune import FineTuner
@@ -248,7 +248,7 @@ class Trainer:
         """Run the requested ``stages`` that are needed and not up to date, then write ``model.pt``.
 
         Returns the detector, or None when an output it needs is still missing (e.g. only
-        ``stages=("proposals",)`` was asked for). Raises :class:`~detection.stages.StageError`
+        ``stages=("proposals",)`` was asked for). Raises :class:`~detection.training.stages.StageError`
         when a requested stage reads an output that is missing and was not requested.
         """
         self._prepare(dataset)

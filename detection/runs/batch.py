@@ -12,7 +12,7 @@ Outputs under ``OUT``:
   nothing finished): ``{"file", "width", "height", "detections": [{"box": [x1, y1, x2, y2],
   "score", "label"}]}``, absolute file paths, 0-based inclusive pixel boxes, scores as the model
   gives them (SVM margins: 0 is the decision boundary);
-- ``detections.json``: the same in COCO format (:mod:`detection.coco`), rebuilt from the jsonl
+- ``detections.json``: the same in COCO format (:mod:`detection.data.coco`), rebuilt from the jsonl
   lines at the end of every run, one image per file (ids 1..N in file order), so it never holds
   an image twice;
 - ``failed.tsv``: ``path<TAB>reason`` of each image that failed, one line each;
@@ -49,12 +49,12 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from detection.cache import atomic_write_bytes
-from detection.coco import detections_to_coco
-from detection.config import ProposalConfig
-from detection.errors import SppnetError
-from detection.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, load_image
-from detection.results import Detections
+from detection.core.cache import atomic_write_bytes
+from detection.data.coco import detections_to_coco
+from detection.core.config import ProposalConfig
+from detection.core.errors import SppnetError
+from detection.core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, load_image
+from detection.core.detections import Detections
 from detection.visualize import save_visualization
 from proposals.selective_search import selective_search
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from detection.boxes import max_overlaps
-from detection.results import Detections, check_labels
-from detection.voc import VOCDataset
+from detection.core.boxes import max_overlaps
+from detection.core.detections import Detections, check_labels
+from detection.data.voc import VOCDataset
 
 METRICS = ("voc07", "voc10")
 

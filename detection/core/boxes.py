@@ -2,7 +2,7 @@
 
 Convention inside the code: boxes are float arrays of shape (N, 4) holding 0-based *inclusive*
 pixel indices (x1, y1, x2, y2), so a box's width is x2 - x1 + 1 (R-CNN / VOC devkit convention,
-recipe preamble). VOC files are 1-based (converted in :mod:`detection.voc` and the result-file
+recipe preamble). VOC files are 1-based (converted in :mod:`detection.data.voc` and the result-file
 writers); COCO's (x, y, w, h) is converted in the COCO writer.
 """
 from __future__ import annotations
@@ -118,3 +118,15 @@ def apply_bbox_deltas(proposals: np.ndarray, deltas: np.ndarray) -> np.ndarray:
     w = pw * np.exp(deltas[:, 2])
     h = ph * np.exp(deltas[:, 3])
     return np.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w - 1, cy + 0.5 * h - 1], axis=1)
+
+
+def to_coco_boxes(boxes: np.ndarray) -> np.ndarray:
+    """(N, 4) 0-based inclusive (x1, y1, x2, y2) -> (N, 4) COCO [x, y, w, h]."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2] + 1], axis=1)
+
+
+def from_coco_boxes(boxes: np.ndarray) -> np.ndarray:
+    """(N, 4) COCO [x, y, w, h] -> (N, 4) 0-based inclusive (x1, y1, x2, y2)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:] - 1], axis=1)

@@ -18,7 +18,7 @@ its weights' hash, scales, proposal settings, the images and their annotations, 
 stages' fingerprints and the stage's own config section), next to a ``meta.json`` spelling those
 inputs out. A stage whose fingerprint has an output is up to date; changing an input changes the
 fingerprint of that stage and of everything downstream, so exactly those are recomputed. Writes
-are atomic (:mod:`detection.cache`), so a killed run leaves complete entries or none.
+are atomic (:mod:`detection.core.cache`), so a killed run leaves complete entries or none.
 """
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from detection.cache import Cache
-from detection.config import fingerprint
-from detection.errors import SppnetError
-from detection.voc import VOCDataset
+from detection.core.cache import Cache
+from detection.core.config import fingerprint
+from detection.core.errors import SppnetError
+from detection.data.voc import VOCDataset
 
 STAGES = ("proposals", "conv", "finetune", "svm", "bbox")
 

@@ -1,0 +1,1 @@
+"""Scoring detections against ground truth: the VOC devkit metric and pycocotools."""

@@ -1,0 +1,1 @@
+"""Whole runs over data sets and folders: test, batch detection, benchmark, ablation."""

@@ -1,0 +1,1 @@
+"""Training: the stage plan with its fingerprints and the trainer that runs it."""
