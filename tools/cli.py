@@ -14,7 +14,7 @@ COMMANDS = {
     "test": (test_net, "detect on a VOC-format split and report per-class AP and mAP"),
     "eval": (eval_net, "evaluate devkit result files on a VOC-format split"),
     "detect": (detect_net, "detect objects in image files or folders"),
-    "ablation": (ablation, "the paper's Table 9 (feature layers × 1/5 scales) on the demo set -> docs/results.md"),
+    "ablation": (ablation, "the paper's Table 9 (feature layers × 1/5 scales) on a generated set -> docs/results.md"),
     "benchmark": (benchmark, "time SPP-net (1 and 5 scales) against R-CNN on the same images and proposals"),
 }
 
