@@ -1,6 +1,6 @@
 """pycocotools evaluation of a VOC-format split (``sppnet eval --metric coco``).
 
-Boxes and category ids are converted as :mod:`detection.data.coco` describes. Evaluating a VOC-format set with pycocotools (``sppnet eval --metric coco``): the GT is converted in
+Boxes and category ids are converted as :mod:`detection.data.coco` describes. The GT is converted in
 memory, one COCO image per split image (ids 1..N in split order) and one annotation per object,
 ``area`` = its box area. A *difficult* box becomes ``iscrowd = 1``. pycocotools ignores detections
 that match a crowd box instead of counting them as false positives, and lets any number of them
