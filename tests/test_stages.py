@@ -174,7 +174,7 @@ class CountingExtractor:
 def test_pooled_windows_remember_vectors_mirror_flips_and_stay_bounded():
     from types import SimpleNamespace
 
-    from detection.training.trainer import PooledWindows
+    from detection.training.memo import PooledWindows
 
     boxes = np.array([[0, 0, 9, 9], [10, 20, 30, 40], [5, 5, 50, 60]], dtype=np.float64)
     windows = [SimpleNamespace(boxes=boxes)]  # one image, index 1 is its mirror image

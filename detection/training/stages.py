@@ -22,6 +22,7 @@ are atomic (:mod:`detection.core.cache`), so a killed run leaves complete entrie
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -29,13 +30,13 @@ import numpy as np
 import torch
 
 from detection.core.cache import Cache
-from detection.core.config import fingerprint
+from detection.core.config import SPPConfig, fingerprint
 from detection.core.errors import SppnetError
 from detection.data.voc import VOCDataset
 
 STAGES = ("proposals", "conv", "finetune", "svm", "bbox")
 
-# The stages whose outputs a stage reads (when they are needed at all: see Trainer's plan).
+# The stages whose outputs a stage reads (when they are needed at all: see :func:`skip_reason`).
 UPSTREAM = {
     "proposals": (),
     "conv": (),
@@ -66,6 +67,46 @@ def dataset_fingerprint(dataset: VOCDataset) -> str:
     """A hash of the class list and every image's id and annotation: what the learned stages saw."""
     records = [(r.image_id, r.boxes.tolist(), r.labels.tolist(), r.difficult.tolist()) for r in dataset]
     return fingerprint(list(dataset.classes), records)
+
+
+def skip_reason(stage: str, config: SPPConfig) -> str | None:
+    """Why ``stage`` is not needed for ``config`` (None: it is): the plan of a training run."""
+    if stage == "conv" and config.features.mode != "spp":
+        return f"{config.features.mode} mode caches no conv maps"
+    if stage == "finetune" and not config.svm.feature_layer.startswith("ft"):
+        return f"not needed for feature layer {config.svm.feature_layer}"
+    if stage == "bbox" and not config.bbox.enabled:
+        return "box regression is off"
+    return None
+
+
+def stage_fingerprints(config: SPPConfig, proposals: str, backbone_weights: str, dataset: str,
+                       pretrained_head: str | None) -> dict[str, str]:
+    """Each stage's fingerprint: its inputs, the upstream fingerprints and its own config section.
+
+    ``proposals`` is the proposal settings' fingerprint, ``backbone_weights`` the backbone's weights
+    hash, ``dataset`` :func:`dataset_fingerprint`, ``pretrained_head`` the hash of the backbone's
+    pretrained fc layers (None when it has none).
+    """
+    conv = fingerprint(config.features.backbone, backbone_weights, tuple(config.features.scales))
+    upstream = (proposals, conv, dataset, config.features)  # features: pooling (levels, rules) shapes every vector
+    # where checkpoints fall changes no weight (the fine-tuner resumes bit-identically)
+    finetune_settings = dataclasses.replace(config.finetune, checkpoint_every=0)
+    finetune = fingerprint("finetune", *upstream, finetune_settings, pretrained_head)
+    layer = config.svm.feature_layer
+    if layer == "pool5":
+        source = "pool5"
+    elif layer.startswith("ft"):
+        source = finetune
+    else:  # the head before fine-tuning: made from the same settings, conservatively all of them
+        source = fingerprint("initial head", config.features, finetune_settings, pretrained_head)
+    norm = {k: getattr(config.svm, k) for k in ("feature_norm_target", "norm_images", "norm_boxes_per_image",
+                                                 "norm_seed")}
+    return {
+        "proposals": proposals, "conv": conv, "dataset": dataset, "finetune": finetune,
+        "svm": fingerprint("svm", *upstream, config.svm, source),
+        "bbox": fingerprint("bbox", *upstream, config.bbox, norm),
+    }
 
 
 def missing_upstream_error(stage: str, upstream: str) -> StageError:

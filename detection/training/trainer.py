@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import json
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -29,9 +26,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from detection.core.boxes import box_iou, flip_boxes
 from detection.core.cache import Cache, atomic_write_bytes
-from detection.core.config import SPPConfig, fingerprint
+from detection.core.config import SPPConfig
+from detection.core.errors import SppnetError
+from detection.core.images import load_image
+from detection.data.voc import VOCDataset
 from detection.detector import (
     Detector,
     default_device,
@@ -41,171 +40,32 @@ from detection.detector import (
     state_hash,
     weights_id,
 )
-from detection.core.errors import SppnetError
-from detection.core.images import load_image
+from detection.training.log import TrainingLog, format_svm_retrain, summarise_svm_history
+from detection.training.memo import MapReader, PooledWindows
 from detection.training.stages import (
-    FLIP_SUFFIX,
     STAGES,
     UPSTREAM,
     StageStore,
     dataset_fingerprint,
     missing_upstream_error,
+    skip_reason,
+    stage_fingerprints,
     tensors,
 )
-from detection.data.voc import ImageRecord, VOCDataset
+from detection.training.windows import TrainingWindows, finetune_targets, training_windows
 from features.backbones import build_backbone
-from features.extractor import CONV_STAGE, SPPFeatureExtractor, build_extractor
+from features.extractor import build_extractor
 from features.finetune import FineTuner
 from features.head import FCHead, build_head
 from proposals.store import STAGE as PROPOSAL_STAGE
-from proposals.store import ProposalStore, with_ground_truth
+from proposals.store import ProposalStore
 from svm.bbox_regression import BoxRegressor, regression_training_set
 from svm.feature_norm import feature_norm_scale, sample_indices
 from svm.hard_negatives import HardNegativeSVMs
 
-# Fine-tuning draws windows from random images every iteration; this many images' maps (about 4 MB
-# each at five scales) stay in memory so that they are not read from disk again and again.
-MAPS_IN_MEMORY = 512
-# ... and it draws each candidate window many times (iterations · 128 / candidates, about 15 times on
-# the demo set), so this much of their SPP vectors is kept too, rather than pooled again.
-POOLED_IN_MEMORY_BYTES = 1 << 30
-
 
 class TrainingError(SppnetError, RuntimeError):
     """Training cannot go on (e.g. images whose proposals failed); the message says which."""
-
-
-@dataclass
-class TrainingWindows:
-    """One image's training windows: GT boxes first, then proposals (recipe §5).
-
-    ``overlaps`` (N, K): each window's IoU with the best GT box of each class (difficult boxes
-    included, so a window on a difficult object is never a negative); ``positive_labels`` (N,):
-    the class of non-difficult GT boxes, -1 for every other window.
-    """
-
-    record: ImageRecord
-    boxes: np.ndarray
-    overlaps: np.ndarray
-    positive_labels: np.ndarray
-
-
-def training_windows(record: ImageRecord, proposals: np.ndarray, num_classes: int) -> TrainingWindows:
-    boxes = with_ground_truth(proposals, record.boxes)
-    iou = box_iou(boxes, record.boxes)  # (N, G)
-    overlaps = np.zeros((len(boxes), num_classes))
-    for label in np.unique(record.labels):
-        overlaps[:, label] = iou[:, record.labels == label].max(axis=1)
-    positive_labels = np.full(len(boxes), -1, dtype=np.int64)
-    gt_positive = ~record.difficult
-    positive_labels[: len(record.boxes)][gt_positive] = record.labels[gt_positive]
-    return TrainingWindows(record, boxes, overlaps, positive_labels)
-
-
-def finetune_targets(windows: TrainingWindows) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) max IoU with any GT box and (N,) that box's class (-1 where a window touches none), for §6.
-
-    Difficult boxes count like the others: a window on a difficult object is that object, not background.
-    """
-    overlap = windows.overlaps.max(axis=1)
-    label = np.where(overlap > 0, windows.overlaps.argmax(axis=1), -1)
-    return overlap, label
-
-
-def format_svm_retrain(entry: dict, classes: tuple[str, ...]) -> str:
-    """One hard-negative retrain as a log line (R-CNN's console output)."""
-    return (f"svm {classes[entry['class']]}: retrain after image {entry['image']} ({entry['reason']}): "
-            f"{entry['n_pos']} positives, {entry['n_neg']} negatives ({entry['n_added']} new, "
-            f"{entry['n_evicted']} evicted after), loss {entry['total']:.4f} = {entry['pos']:.4f} (pos) + "
-            f"{entry['neg']:.4f} (neg) + {entry['reg']:.4f} (reg)")
-
-
-def summarise_svm_history(history: list[dict], classes: tuple[str, ...]) -> str:
-    """One line per class: retrains, final positives/negatives and objective (R-CNN's log, condensed)."""
-    lines = []
-    for label, name in enumerate(classes):
-        entries = [h for h in history if h["class"] == label]
-        if entries:
-            last = entries[-1]
-            lines.append(f"svm {name}: {len(entries)} retrain(s), {last['n_pos']} positives, "
-                         f"{last['n_neg']} cached negatives, objective {last['total']:.4f}")
-        else:
-            lines.append(f"svm {name}: not trained (no positives)")
-    return "\n".join(lines)
-
-
-class MapReader:
-    """Conv maps of the training images by index, through the conv cache: index i < n is image i,
-    n + i its horizontal mirror image (cached under ``<image id>#flip``).
-
-    :meth:`__call__` keeps the ``MAPS_IN_MEMORY`` most recently used maps in memory; :meth:`compute`
-    fills the cache without keeping anything.
-    """
-
-    def __init__(self, extractor, records: list[ImageRecord], in_memory: int = MAPS_IN_MEMORY):
-        self.extractor = extractor
-        self.records = records
-        self._remembered = functools.lru_cache(maxsize=in_memory)(self.compute)
-
-    def key(self, index: int) -> str:
-        record = self.records[index % len(self.records)]
-        return record.image_id + (FLIP_SUFFIX if index >= len(self.records) else "")
-
-    def cached(self, index: int) -> bool:
-        return self.extractor.cache.has(CONV_STAGE, self.extractor.conv_fingerprint, self.key(index))
-
-    def compute(self, index: int) -> tuple[list[torch.Tensor], tuple[int, int]]:
-        record = self.records[index % len(self.records)]
-        flipped = index >= len(self.records)
-
-        def image() -> np.ndarray:
-            pixels = load_image(record.path)
-            return np.ascontiguousarray(pixels[:, ::-1]) if flipped else pixels
-
-        return self.extractor.maps(self.key(index), image)
-
-    def __call__(self, index: int) -> tuple[list[torch.Tensor], tuple[int, int]]:
-        return self._remembered(index)
-
-
-class PooledWindows:
-    """The ``pool_fn`` of :class:`~features.finetune.FineTuner`: SPP vectors of training windows.
-
-    ``self(index, window (n,), scale_index (n,) or None)`` pools those windows of image ``index``
-    (n + i: image i flipped, its windows mirrored) from the cached maps. Vectors already pooled are
-    remembered, up to ``max_bytes``, the least recently used dropped first. They are kept in fp16:
-    a max over fp16 map values is exact in fp16, so a remembered vector equals a fresh one.
-    """
-
-    def __init__(self, extractor, maps: MapReader, windows: list[TrainingWindows],
-                 max_bytes: int = POOLED_IN_MEMORY_BYTES):
-        self.extractor = extractor
-        self.maps = maps
-        self.windows = windows
-        self.capacity = max(1, max_bytes // (2 * extractor.output_dim))
-        self._vectors: OrderedDict[tuple[int, int, int], torch.Tensor] = OrderedDict()
-
-    def _pool(self, index: int, window: np.ndarray, scale_index: np.ndarray | None) -> torch.Tensor:
-        maps, image_size = self.maps(index)
-        boxes = self.windows[index % len(self.windows)].boxes[window]
-        if index >= len(self.windows):
-            boxes = flip_boxes(boxes, image_size[1])
-        return self.extractor.pool(maps, boxes, image_size, scale_index=scale_index)
-
-    def __call__(self, index: int, window: np.ndarray, scale_index: np.ndarray | None) -> torch.Tensor:
-        scales = np.full(len(window), -1) if scale_index is None else np.asarray(scale_index)
-        keys = [(index, int(w), int(s)) for w, s in zip(window, scales)]
-        missing = [i for i, key in enumerate(keys) if key not in self._vectors]
-        if missing:
-            fresh = self._pool(index, np.asarray(window)[missing],
-                               None if scale_index is None else scales[missing]).to(torch.float16)
-            self._vectors.update((keys[i], vector) for i, vector in zip(missing, fresh))
-        for key in keys:
-            self._vectors.move_to_end(key)
-        out = torch.stack([self._vectors[key] for key in keys]).float()
-        while len(self._vectors) > self.capacity:
-            self._vectors.popitem(last=False)
-        return out
 
 
 class Trainer:
@@ -214,7 +74,7 @@ class Trainer:
     fine-tuning progress, each SVM retrain) and ``work_dir/train_log.json`` (this run's stage
     timings and the stages' fingerprints).
 
-    ``timings`` holds the wall time (s) of each stage this run computed.
+    ``timings`` holds the wall time (s) of each stage the last :meth:`train` computed.
     """
 
     def __init__(self, config: SPPConfig, work_dir: str | Path, device: str | None = None,
@@ -223,27 +83,13 @@ class Trainer:
         self.config = config
         self.work_dir = Path(work_dir)
         self.cache = Cache(cache_dir if cache_dir is not None else self.work_dir / "cache")
-        self.store = StageStore(self.cache)
         self.device = torch.device(device or default_device())
         self.workers = workers
         self.progress = progress
-        self.log = log
-        self.log_path = self.work_dir / "train.log"
+        self.log = TrainingLog(self.work_dir / "train.log", log)
         self.timings: dict[str, float] = {}
+        self._last_run: TrainingRun | None = None
 
-    # -- logging --------------------------------------------------------------------------------
-    def _say(self, message: str, console: bool = True) -> None:
-        """To the log file always, and to ``log`` (stdout) when ``console``."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "a") as f:  # reopened per line, so a killed run's log is complete
-            f.write(message + "\n")
-        if console:
-            self.log(message)
-
-    def _bar(self, iterable, desc: str, total: int | None = None):
-        return tqdm(iterable, desc=desc, total=total, disable=not self.progress, leave=False)
-
-    # -- the whole run ---------------------------------------------------------------------------
     def train(self, dataset: VOCDataset, stages: tuple[str, ...] = STAGES) -> Detector | None:
         """Run the requested ``stages`` that are needed and not up to date, then write ``model.pt``.
 
@@ -251,38 +97,33 @@ class Trainer:
         ``stages=("proposals",)`` was asked for). Raises :class:`~detection.training.stages.StageError`
         when a requested stage reads an output that is missing and was not requested.
         """
-        self._prepare(dataset)
-        self._say(f"== sppnet train {datetime.now(timezone.utc).isoformat(timespec='seconds')}: "
-                  f"{len(dataset)} images of {dataset.root} ({dataset.split}), stages {','.join(stages)}",
-                  console=False)
-        for stage in STAGES:
-            reason = self._not_needed_reason(stage)
-            if reason:
-                if stage in stages:
-                    self._say(f"stage {stage}: {reason}, skipped")
-            elif self._up_to_date(stage):
-                self._say(f"stage {stage}: up to date, skipped")
-            elif stage in stages:
-                for upstream in UPSTREAM[stage]:
-                    if not self._not_needed_reason(upstream) and not self._up_to_date(upstream):
-                        raise missing_upstream_error(stage, upstream)
-                self._say(f"stage {stage}: running")
-                start = time.perf_counter()
-                getattr(self, f"_{stage}_stage")()
-                self.timings[stage] = time.perf_counter() - start
-                self._say(f"stage {stage}: done in {self.timings[stage]:.1f} s")
-        detector = self._assemble()
-        atomic_write_bytes(self.work_dir / "train_log.json", json.dumps(
-            {"timings_s": self.timings, "images": len(dataset), "classes": list(dataset.classes),
-             "fingerprints": self.fingerprints, "model_written": detector is not None}, indent=2).encode())
+        run = TrainingRun(self, dataset)
+        self._last_run = run
+        detector = run.execute(stages)
+        self.timings = run.timings
         return detector
 
-    def _prepare(self, dataset: VOCDataset) -> None:
-        """Backbone, extractor, proposal store and every stage's fingerprint for this dataset."""
-        cfg = self.config
+    def finetune_history(self) -> list[dict]:
+        """The fine-tuning log (one entry per logged interval) of the last :meth:`train`'s head; [] if none."""
+        return [] if self._last_run is None else self._last_run.finetune_history()
+
+
+class TrainingRun:
+    """One :meth:`Trainer.train` call: the dataset, backbone, extractor and every stage's
+    fingerprint, all made on construction, and the stage table that :meth:`execute` walks."""
+
+    def __init__(self, trainer: Trainer, dataset: VOCDataset):
+        cfg = self.config = trainer.config
         head_layer(cfg.svm.feature_layer)  # an unknown layer fails here, before any work
         if cfg.svm.feature_layer.startswith("ft") and cfg.features.mode != "spp":
             raise TrainingError("fine-tuning reads cached conv maps: use --mode spp with an ft* feature layer")
+        self.work_dir = trainer.work_dir
+        self.cache = trainer.cache
+        self.store = StageStore(self.cache)
+        self.device = trainer.device
+        self.progress = trainer.progress
+        self._say = trainer.log
+        self.timings: dict[str, float] = {}
         self.dataset = dataset
         self.records = list(dataset)
         self.num_classes = len(dataset.classes)
@@ -290,10 +131,13 @@ class Trainer:
         backbone_id = weights_id(self.backbone)
         self.extractor = build_extractor(self.backbone, cfg.features, self.device, cache=self.cache,
                                          weights_id=backbone_id)
-        self.proposal_store = ProposalStore(self.cache, cfg.proposals, workers=self.workers)
-        self.maps = MapReader(self.extractor, self.records) if isinstance(self.extractor, SPPFeatureExtractor) else None
+        self.proposal_store = ProposalStore(self.cache, cfg.proposals, workers=trainer.workers)
+        self.maps = None if skip_reason("conv", cfg) else MapReader(self.extractor, self.records)
         self._windows: list[TrainingWindows] | None = None
-        self.fingerprints = self._fingerprints(backbone_id)
+        pretrained_head = self.backbone.pretrained_head
+        self.fingerprints = stage_fingerprints(
+            cfg, self.proposal_store.fingerprint, backbone_id, dataset_fingerprint(dataset),
+            None if pretrained_head is None else state_hash(pretrained_head))
         # built now so that a head that cannot be built fails before any stage runs
         self._head0 = None if head_layer(cfg.svm.feature_layer) is None else self._build_head()
         self.meta = {
@@ -301,47 +145,44 @@ class Trainer:
             "proposals": dataclasses.asdict(cfg.proposals), "dataset": f"{dataset.root} ({dataset.split})",
             "image_ids": [r.image_id for r in self.records], "classes": list(dataset.classes),
         }
-
-    def _fingerprints(self, backbone_id: str) -> dict[str, str]:
-        """Each stage's fingerprint: its inputs, the upstream fingerprints and its config section."""
-        cfg = self.config
-        pretrained_head = self.backbone.pretrained_head
-        head_source = None if pretrained_head is None else state_hash(pretrained_head)
-        proposals = self.proposal_store.fingerprint
-        conv = fingerprint(cfg.features.backbone, backbone_id, tuple(cfg.features.scales))
-        data = dataset_fingerprint(self.dataset)
-        upstream = (proposals, conv, data, cfg.features)  # features: pooling (levels, rules) shapes every vector
-        # where checkpoints fall changes no weight (the fine-tuner resumes bit-identically)
-        finetune_settings = dataclasses.replace(cfg.finetune, checkpoint_every=0)
-        finetune = fingerprint("finetune", *upstream, finetune_settings, head_source)
-        layer = cfg.svm.feature_layer
-        if layer == "pool5":
-            source = "pool5"
-        elif layer.startswith("ft"):
-            source = finetune
-        else:  # the head before fine-tuning: made from the same settings, conservatively all of them
-            source = fingerprint("initial head", cfg.features, finetune_settings, head_source)
-        norm = {k: getattr(cfg.svm, k) for k in ("feature_norm_target", "norm_images", "norm_boxes_per_image",
-                                                 "norm_seed")}
-        return {
-            "proposals": proposals, "conv": conv, "dataset": data, "finetune": finetune,
-            "svm": fingerprint("svm", *upstream, cfg.svm, source),
-            "bbox": fingerprint("bbox", *upstream, cfg.bbox, norm),
+        self.stage_functions: dict[str, Callable[[], None]] = {
+            "proposals": self._proposals_stage, "conv": self._conv_stage, "finetune": self._finetune_stage,
+            "svm": self._svm_stage, "bbox": self._bbox_stage,
         }
 
-    def _not_needed_reason(self, stage: str) -> str | None:
-        cfg = self.config
-        if stage == "conv" and self.maps is None:
-            return f"{cfg.features.mode} mode caches no conv maps"
-        if stage == "finetune" and not cfg.svm.feature_layer.startswith("ft"):
-            return f"not needed for feature layer {cfg.svm.feature_layer}"
-        if stage == "bbox" and not cfg.bbox.enabled:
-            return "box regression is off"
-        return None
+    def _bar(self, iterable, desc: str, total: int | None = None):
+        return tqdm(iterable, desc=desc, total=total, disable=not self.progress, leave=False)
+
+    def execute(self, stages: tuple[str, ...]) -> Detector | None:
+        """Run the requested ``stages`` that are needed and not up to date, then assemble ``model.pt``."""
+        self._say(f"== sppnet train {datetime.now(timezone.utc).isoformat(timespec='seconds')}: "
+                  f"{len(self.dataset)} images of {self.dataset.root} ({self.dataset.split}), "
+                  f"stages {','.join(stages)}", console=False)
+        for stage in STAGES:
+            reason = skip_reason(stage, self.config)
+            if reason:
+                if stage in stages:
+                    self._say(f"stage {stage}: {reason}, skipped")
+            elif self._up_to_date(stage):
+                self._say(f"stage {stage}: up to date, skipped")
+            elif stage in stages:
+                for upstream in UPSTREAM[stage]:
+                    if not skip_reason(upstream, self.config) and not self._up_to_date(upstream):
+                        raise missing_upstream_error(stage, upstream)
+                self._say(f"stage {stage}: running")
+                start = time.perf_counter()
+                self.stage_functions[stage]()
+                self.timings[stage] = time.perf_counter() - start
+                self._say(f"stage {stage}: done in {self.timings[stage]:.1f} s")
+        detector = self._assemble()
+        atomic_write_bytes(self.work_dir / "train_log.json", json.dumps(
+            {"timings_s": self.timings, "images": len(self.dataset), "classes": list(self.dataset.classes),
+             "fingerprints": self.fingerprints, "model_written": detector is not None}, indent=2).encode())
+        return detector
 
     def _conv_indices(self) -> range:
         """MapReader indices the conv stage must cache: every image, and its flip when fine-tuning uses flips."""
-        flips = not self._not_needed_reason("finetune") and self.config.finetune.flip
+        flips = not skip_reason("finetune", self.config) and self.config.finetune.flip
         return range(len(self.records) * (2 if flips else 1))
 
     def _up_to_date(self, stage: str) -> bool:
@@ -498,7 +339,7 @@ class Trainer:
 
         The detector shares the trainer's cache, so testing it reuses (and fills) the conv cache.
         """
-        missing = [s for s in ("finetune", "svm", "bbox") if not self._not_needed_reason(s) and not self._up_to_date(s)]
+        missing = [s for s in ("finetune", "svm", "bbox") if not skip_reason(s, self.config) and not self._up_to_date(s)]
         if missing:
             self._say(f"model.pt not written: no output of stage(s) {', '.join(missing)} for this configuration yet")
             return None
