@@ -1,4 +1,6 @@
 """Selective search boxes, the proposal store and R-CNN's proposal files."""
+import pickle
+
 import cv2
 import numpy as np
 import pytest
@@ -8,11 +10,16 @@ from PIL import Image
 import proposals.selective_search as selective_search_module
 import proposals.store as store_module
 from detection.core.cache import Cache
+from detection.core.boxes import clip_boxes
 from detection.core.config import ProposalConfig
 from detection.core.images import ImageError
+from detection.data.demo import make_demo_dataset
+from detection.data.voc import VOCDataset
+from proposals.precomputed import PrecomputedProposals, ProposalFileError
 from proposals.recall import best_overlaps, compare_modes, recall, recall_table
 from proposals.selective_search import PROPOSAL_MODES, load_rcnn_proposals, selective_search
 from proposals.store import ProposalStore, with_ground_truth
+from tools.cli import main
 
 
 def scene(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -275,3 +282,110 @@ def test_best_overlaps_and_recall_match_a_loop():
     np.testing.assert_allclose(recall(overlaps, thresholds),
                                [np.mean([o >= t for o in expected]) for t in thresholds])
     assert np.isnan(recall(np.zeros(0), [0.5])).all()
+
+
+# -- precomputed proposals (--proposals PATH) ---------------------------------------------------
+
+BOXES = {"000005": np.array([[1, 0, 39, 29], [5, 4, 7, 6], [0, 0, 500, 10]], dtype=np.float64),
+         "000007": np.zeros((0, 4))}
+
+
+def write_formats(tmp_path) -> dict[str, object]:
+    """The same windows in the three formats: R-CNN's .mat, a directory of .txt, an .npz."""
+    ids = np.empty((1, 2), dtype=object)
+    ids[0, :] = list(BOXES)
+    cells = np.empty((1, 2), dtype=object)
+    for i, boxes in enumerate(BOXES.values()):
+        cells[0, i] = boxes[:, [1, 0, 3, 2]] + 1  # [y1 x1 y2 x2], 1-based
+    scipy.io.savemat(tmp_path / "voc_2007_test.mat", {"images": ids, "boxes": cells})
+    (tmp_path / "txt").mkdir()
+    for image_id, boxes in BOXES.items():
+        np.savetxt(tmp_path / "txt" / f"{image_id}.txt", boxes, fmt="%d")
+    np.savez(tmp_path / "boxes.npz", **BOXES)
+    return {"mat": tmp_path / "voc_2007_test.mat", "dir": tmp_path / "txt", "npz": tmp_path / "boxes.npz"}
+
+
+@pytest.mark.parametrize("kind", ["mat", "dir", "npz"])
+def test_precomputed_formats_read_the_same_boxes_and_name_the_file_when_an_image_is_missing(tmp_path, kind):
+    path = write_formats(tmp_path)[kind]
+    precomputed = PrecomputedProposals(path)
+    assert precomputed.kind == kind
+    for image_id, boxes in BOXES.items():
+        np.testing.assert_array_equal(precomputed.boxes(image_id), boxes)
+        assert precomputed.boxes(image_id).dtype == np.float64
+    np.testing.assert_array_equal(precomputed.boxes("000005", width=320, height=240)[2], [0, 0, 319, 10])
+    with pytest.raises(ProposalFileError, match=r"no proposals for image '000009'") as err:
+        precomputed.boxes("000009")
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert pickle.loads(pickle.dumps(precomputed)).boxes("000005").shape == (3, 4)
+
+
+def test_precomputed_bad_paths_are_one_line_errors(tmp_path):
+    with pytest.raises(ProposalFileError, match="no such proposal file"):
+        PrecomputedProposals(tmp_path / "nope.mat")
+    (tmp_path / "boxes.csv").write_text("1,2,3,4\n")
+    with pytest.raises(ProposalFileError, match=r"boxes.csv: unknown proposal format"):
+        PrecomputedProposals(tmp_path / "boxes.csv")
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "txt" / "a.txt").write_text("1 2 3\n")
+    with pytest.raises(ProposalFileError, match=r"a.txt: line 1 has 3 numbers"):
+        PrecomputedProposals(tmp_path / "txt").boxes("a")
+
+
+def test_store_reads_precomputed_boxes_under_their_own_fingerprint(tmp_path, monkeypatch):
+    def no_selective_search(*args, **kwargs):
+        raise AssertionError("selective search ran although proposals were given")
+
+    paths = write_formats(tmp_path)
+    items = [(image_id, write_png(tmp_path / f"{image_id}.png", scene(320, 240))) for image_id in BOXES]
+    items.append(("000009", write_png(tmp_path / "000009.png", scene(320, 240))))
+    monkeypatch.setattr(store_module, "selective_search", no_selective_search)
+    cache = Cache(tmp_path / "cache")
+    store = ProposalStore(cache, CONFIG, workers=2, precomputed=PrecomputedProposals(paths["dir"]))
+    found, failures = store.compute_all(items, progress=False)
+    np.testing.assert_array_equal(found["000005"], clip_boxes(BOXES["000005"], 320, 240))
+    assert found["000007"].shape == (0, 4)
+    assert list(failures) == ["000009"] and failures["000009"].startswith(f"{paths['dir']}: no proposals for image")
+    # another file (or selective search) is another cache entry; the same contents are the same one
+    other = ProposalStore(cache, CONFIG, precomputed=PrecomputedProposals(paths["npz"]))
+    assert other.fingerprint != store.fingerprint != ProposalStore(cache, CONFIG).fingerprint
+    assert ProposalStore(cache, CONFIG, precomputed=PrecomputedProposals(paths["dir"])).fingerprint == store.fingerprint
+    with pytest.raises(ProposalFileError, match="000009"):
+        ProposalStore(cache, CONFIG, precomputed=PrecomputedProposals(paths["npz"])).get(*items[2])
+
+
+@pytest.mark.slow
+def test_train_test_and_detect_take_proposals_from_the_command_line(tmp_path, capsys):
+    """The paper's setting: the same precomputed windows for every command, no selective search."""
+    voc = make_demo_dataset(tmp_path / "data", num_trainval=4, num_test=3, image_size=(160, 120))
+    rng = np.random.default_rng(0)
+
+    def windows(record) -> np.ndarray:  # jittered GT boxes and random ones, as selective search would give
+        jittered = np.repeat(record.boxes, 10, axis=0) + rng.integers(-6, 7, (10 * len(record.boxes), 4))
+        xy = rng.uniform(0, 100, (60, 2))
+        return clip_boxes(np.vstack([jittered, np.hstack([xy, xy + rng.uniform(10, 60, (60, 2))])]), 160, 120)
+
+    train_dir = tmp_path / "trainval_boxes"
+    train_dir.mkdir()
+    for record in VOCDataset(voc, "trainval"):
+        np.savetxt(train_dir / f"{record.image_id}.txt", windows(record), fmt="%d")
+    test_records = list(VOCDataset(voc, "test"))
+    np.savez(tmp_path / "test.npz", **{r.image_id: windows(r) for r in test_records[:2]})  # the third is missing
+    common = ["--quiet", "--device", "cpu", "--workers", "1"]
+    assert main(["train", "--data", str(voc), "--work-dir", str(tmp_path / "train"), "--feature-layer", "pool5",
+                 "--proposals", str(train_dir), *common]) == 0
+    model = str(tmp_path / "train" / "model.pt")
+    code = main(["test", "--data", str(voc), "--model", model, "--out", str(tmp_path / "test"),
+                 "--proposals", str(tmp_path / "test.npz"), *common])
+    out = capsys.readouterr().out
+    assert code == 1 and f"failed: {tmp_path / 'test.npz'}: no proposals for image '{test_records[2].image_id}'" in out
+    assert "mAP" in out
+    code = main(["detect", str(voc / "JPEGImages" / f"{test_records[0].image_id}.jpg"), "--model", model,
+                 "--out", str(tmp_path / "detect"), "--proposals", str(train_dir), *common])
+    assert code != 0  # a test image: not in the trainval directory
+    assert f"no proposals for image '{test_records[0].image_id}'" in (tmp_path / "detect" / "failed.tsv").read_text()
+    code = main(["detect", str(voc / "JPEGImages"), "--list", "/dev/null", "--model", model,
+                 "--out", str(tmp_path / "detect2"), "--proposals", str(tmp_path / "test.npz"), *common])
+    assert code != 0
+    failed = (tmp_path / "detect2" / "failed.tsv").read_text()
+    assert len(failed.strip().splitlines()) == 4 + 1  # trainval images and the third test image

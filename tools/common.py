@@ -7,6 +7,7 @@ import os
 from detection.core.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
 from detection.detector import FEATURE_LAYERS
 from features.backbones import BACKBONES
+from proposals.precomputed import PrecomputedProposals
 from proposals.selective_search import PROPOSAL_MODES
 from features.finetune import SCALE_SAMPLING, SCHEDULES
 
@@ -36,6 +37,17 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes computing selective search in parallel (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_proposals_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--proposals", metavar="PATH", default=None,
+                        help="precomputed windows instead of selective search: R-CNN's selective_search_data "
+                             "voc_2007_*.mat, an .npz of one (N, 4) array per image id, or a directory of "
+                             "<image_id>.txt with 0-based 'x1 y1 x2 y2' lines (see proposals/precomputed.py)")
+
+
+def precomputed_from_args(args: argparse.Namespace) -> PrecomputedProposals | None:
+    return None if args.proposals is None else PrecomputedProposals(args.proposals)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ from detection.core.images import DEFAULT_MAX_PIXELS
 from detection.runs.batch import (
     DETECTIONS, FAILED, MIN_SIDE_STRIDES, PREDICTIONS, BatchSummary, FolderDetection, Merged, OutputDir,
 )
-from tools.common import add_runtime_arguments, parse_classes
+from tools.common import add_proposals_argument, add_runtime_arguments, parse_classes
 
 EPILOG = """\
 inputs:
@@ -91,6 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "backbone's stride, 32 px for the bundled backbones)")
     parser.add_argument("--shard", type=parse_shard, default=None, metavar="i/n",
                         help="process shard i of n (0-based) of the sorted inputs")
+    add_proposals_argument(parser)
     add_runtime_arguments(parser)
 
 
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     job = FolderDetection(args.model, args.inputs, args.out, list_file=args.list, score_thresh=args.score_thresh,
                           topk=args.topk, classes=args.classes, save_vis=args.save_vis, max_pixels=args.max_pixels,
                           min_side=args.min_side, shard=args.shard, device=args.device, workers=args.workers,
-                          progress=not args.quiet)
+                          progress=not args.quiet, proposals=args.proposals)
     summary = job.detect()
     _print_summary(job.label, summary.done, summary.skipped, len(summary.failed))
     if summary.done:

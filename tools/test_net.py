@@ -9,7 +9,7 @@ from detection.detector import Detector
 from detection.evaluation.voc_eval import format_ap_table
 from detection.runs.test import test_model
 from detection.data.voc import VOCDataset
-from tools.common import add_runtime_arguments
+from tools.common import add_proposals_argument, add_runtime_arguments, precomputed_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="voc07: 11-point AP (default); voc10: area under the PR curve")
     parser.add_argument("--cache-dir", default=None,
                         help="proposal/conv cache (default: OUT/cache); share it between runs to skip recomputation")
+    add_proposals_argument(parser)
     add_runtime_arguments(parser)
 
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     detector = Detector.load(args.model, device=args.device, cache=cache)
     dataset = VOCDataset(args.data, args.split, classes=detector.classes)
     metrics = test_model(detector, dataset, args.out, cache, metric=args.metric, workers=args.workers,
-                         progress=not args.quiet)
+                         progress=not args.quiet, proposals=precomputed_from_args(args))
     print(format_ap_table(metrics))
     for reason in metrics.get("failed_images", {}).values():
         print(f"failed: {reason}")

@@ -13,9 +13,11 @@ from detection.training.trainer import Trainer
 from detection.data.voc import VOCDataset
 from tools.common import (
     add_config_arguments,
+    add_proposals_argument,
     add_runtime_arguments,
     config_from_args,
     parse_classes,
+    precomputed_from_args,
 )
 
 
@@ -36,13 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", type=parse_classes, default=None,
                         help="comma-separated class names (default: VOC's 20, or the names found in the annotations)")
     add_config_arguments(parser)
+    add_proposals_argument(parser)
     add_runtime_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     dataset = VOCDataset(args.data, args.split, classes=args.classes)
     trainer = Trainer(config_from_args(args), args.work_dir, device=args.device, workers=args.workers,
-                      progress=not args.quiet)
+                      progress=not args.quiet, proposals=precomputed_from_args(args))
     detector = trainer.train(dataset, stages=args.stages)
     if detector is not None:
         print(f"trained on {len(dataset)} images of {dataset.root} ({args.split}), "

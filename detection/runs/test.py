@@ -13,17 +13,20 @@ from detection.core.images import load_image
 from detection.core.detections import Detections
 from detection.data.devkit import write_devkit_results
 from detection.data.voc import VOCDataset
+from proposals.precomputed import PrecomputedProposals
 from proposals.store import ProposalStore
 
 
 def detect_dataset(detector: Detector, dataset: VOCDataset, cache: Cache, workers: int = 1,
-                   progress: bool = True) -> tuple[dict[str, Detections], dict[str, str]]:
+                   progress: bool = True, proposals: PrecomputedProposals | None = None,
+                   ) -> tuple[dict[str, Detections], dict[str, str]]:
     """Detections for every image of the split, and failures (image id -> one-line reason).
 
-    Proposals come from the (shared) proposal cache, computed in parallel first; conv maps are
-    cached too when the detector was given the same cache, so re-testing costs only pooling.
+    Proposals come from the (shared) proposal cache, computed in parallel first (or read from
+    ``proposals``); conv maps are cached too when the detector was given the same cache, so
+    re-testing costs only pooling.
     """
-    store = ProposalStore(cache, detector.config.proposals, workers=workers)
+    store = ProposalStore(cache, detector.config.proposals, workers=workers, precomputed=proposals)
     proposals, failures = store.compute_all([(r.image_id, r.path) for r in dataset], progress=progress)
     detections = {}
     for record in tqdm(dataset, desc="detect", disable=not progress, leave=False):
@@ -35,10 +38,11 @@ def detect_dataset(detector: Detector, dataset: VOCDataset, cache: Cache, worker
 
 
 def test_model(detector: Detector, dataset: VOCDataset, out_dir: str | Path, cache: Cache, metric: str = "voc07",
-               workers: int = 1, progress: bool = True) -> dict:
+               workers: int = 1, progress: bool = True, proposals: PrecomputedProposals | None = None) -> dict:
     """Detect, write devkit result files under ``out_dir/results`` and ``out_dir/metrics.json``; return the metrics."""
     out_dir = Path(out_dir)
-    detections, failures = detect_dataset(detector, dataset, cache, workers=workers, progress=progress)
+    detections, failures = detect_dataset(detector, dataset, cache, workers=workers, progress=progress,
+                                          proposals=proposals)
     write_devkit_results(out_dir / "results", dataset.split, dataset.classes, detections)
     metrics = evaluate_detections(dataset, detections, metric=metric)
     if failures:

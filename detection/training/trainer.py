@@ -58,6 +58,7 @@ from features.extractor import build_extractor
 from features.finetune import FineTuner
 from features.head import FCHead, build_head
 from proposals.store import STAGE as PROPOSAL_STAGE
+from proposals.precomputed import PrecomputedProposals
 from proposals.store import ProposalStore
 from svm.bbox_regression import BoxRegressor, regression_training_set
 from svm.feature_norm import feature_norm_scale, sample_indices
@@ -75,12 +76,14 @@ class Trainer:
     timings and the stages' fingerprints).
 
     ``timings`` holds the wall time (s) of each stage the last :meth:`train` computed.
+    ``proposals``: precomputed windows to train on instead of selective search's.
     """
 
     def __init__(self, config: SPPConfig, work_dir: str | Path, device: str | None = None,
                  workers: int = 1, progress: bool = True, log: Callable[[str], None] = print,
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, proposals: PrecomputedProposals | None = None):
         self.config = config
+        self.precomputed_proposals = proposals
         self.work_dir = Path(work_dir)
         self.cache = Cache(cache_dir if cache_dir is not None else self.work_dir / "cache")
         self.device = torch.device(device or default_device())
@@ -131,7 +134,8 @@ class TrainingRun:
         backbone_id = weights_id(self.backbone)
         self.extractor = build_extractor(self.backbone, cfg.features, self.device, cache=self.cache,
                                          weights_id=backbone_id)
-        self.proposal_store = ProposalStore(self.cache, cfg.proposals, workers=trainer.workers)
+        self.proposal_store = ProposalStore(self.cache, cfg.proposals, workers=trainer.workers,
+                                            precomputed=trainer.precomputed_proposals)
         self.maps = None if skip_reason("conv", cfg) else MapReader(self.extractor, self.records)
         self._windows: list[TrainingWindows] | None = None
         pretrained_head = self.backbone.pretrained_head

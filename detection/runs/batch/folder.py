@@ -20,6 +20,7 @@ from detection.runs.batch.inputs import common_root, find_images, shard
 from detection.runs.batch.outputs import OutputDir, file_sha1
 from detection.runs.batch.pipeline import ReadOptions
 from detection.runs.batch.records import DetectionFilter, class_indices
+from proposals.precomputed import PrecomputedProposals
 from detection.runs.batch.run import BatchSummary, detect_files, share_cores
 
 # Images whose shorter side is below this many conv strides are refused: they hold fewer than 2x2
@@ -47,7 +48,8 @@ class FolderDetection:
     ``shard=(i, n)`` takes shard i of n of the sorted inputs; under torchrun (RANK/WORLD_SIZE set)
     the rank and world size pick the shard and ``device="cuda"`` means the rank's local GPU.
     ``score_thresh``, ``topk`` and ``classes`` (names) filter the detections; ``min_side``
-    defaults to :data:`MIN_SIDE_STRIDES` conv strides. Errors in the inputs, the model or
+    defaults to :data:`MIN_SIDE_STRIDES` conv strides. ``proposals``: a precomputed proposal file
+    (:mod:`proposals.precomputed`) instead of selective search. Errors in the inputs, the model or
     ``out`` (made with other settings) are raised here, before any image is read.
     """
 
@@ -56,7 +58,7 @@ class FolderDetection:
                  topk: int | None = None, classes: Sequence[str] | None = None, save_vis: bool = False,
                  max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None,
                  shard: tuple[int, int] | None = None, device: str | None = None, workers: int = 1,
-                 progress: bool = True):
+                 progress: bool = True, proposals: str | os.PathLike | None = None):
         self.rank, self.world, local_rank = distributed_env()
         if self.world > 1 and shard is not None:
             raise BatchError("--shard cannot be combined with torchrun's RANK/WORLD_SIZE: use one or the other")
@@ -72,11 +74,14 @@ class FolderDetection:
             raise BatchError(f"no image files found in {' '.join(map(str, inputs)) or list_file}")
         self.out = OutputDir(Path(out), self.index, self.count)
         self.out.root.mkdir(parents=True, exist_ok=True)
+        precomputed = None if proposals is None else PrecomputedProposals(proposals)
         self.out.check_settings({"model_sha1": file_sha1(model), "score_thresh": score_thresh, "topk": topk,
-                                 "classes": list(classes) if classes else None})
+                                 "classes": list(classes) if classes else None,
+                                 "proposals": None if precomputed is None else precomputed.fingerprint})
         self.out.done_marker.unlink(missing_ok=True)  # this shard is not done until it says so again
         self.options = ReadOptions(self.detector.config.proposals, max_pixels=max_pixels,
-                                   min_side=min_side or MIN_SIDE_STRIDES * self.detector.backbone.stride)
+                                   min_side=min_side or MIN_SIDE_STRIDES * self.detector.backbone.stride,
+                                   precomputed=precomputed)
         self.workers = workers
         self.vis_root = common_root(self.paths) if save_vis else None
         self.progress = progress

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -10,18 +11,23 @@ import numpy as np
 from detection.core.config import ProposalConfig
 from detection.core.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from proposals.pool import WorkerPool
-from proposals.selective_search import selective_search
+from proposals.precomputed import PrecomputedProposals, ProposalFileError
+from proposals.store import propose
 
 IN_FLIGHT_PER_WORKER = 2
 
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How each image is read and proposed; ``min_side`` and ``max_pixels`` reject unusable images."""
+    """How each image is read and proposed; ``min_side`` and ``max_pixels`` reject unusable images.
+
+    With ``precomputed``, an image's windows are those of its file name without the extension.
+    """
 
     proposals: ProposalConfig
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_side: int = 1
+    precomputed: PrecomputedProposals | None = None
 
 
 @dataclass
@@ -45,7 +51,9 @@ def prepare_image(path: str, options: ReadOptions) -> Prepared:
     except ImageError as err:
         return Prepared(path, reason=err.reason)
     try:
-        boxes = selective_search(image, options.proposals)
+        boxes = propose(Path(path).stem, image, options.proposals, options.precomputed)
+    except ProposalFileError as err:
+        return Prepared(path, reason=str(err))
     except Exception as err:  # noqa: BLE001 - one image's failure must not end a batch of millions
         return Prepared(path, reason=f"selective search failed ({type(err).__name__}: {err})")
     return Prepared(path, image, boxes)
