@@ -1,7 +1,5 @@
 """`sppnet ablation`: every row of the table measured and written into the results file, between
 markers that a rerun replaces, leaving hand-written text alone."""
-import builtins
-
 import pytest
 
 from detection.runs.ablation import ROWS, write_markdown_section
@@ -51,16 +49,3 @@ def test_ablation_on_the_realistic_set(tmp_path):
     assert "| ftfc7 + bb |" in section
     assert (tmp_path / "out" / "realistic-2-200x160-seed0" / "data" / "realistic_dataset.json").is_file()
 
-
-def test_realistic_without_scikit_image_is_one_line_exit_2(monkeypatch, tmp_path, capsys):
-    real_import = builtins.__import__
-
-    def no_skimage(name, *args, **kwargs):
-        if name == "skimage" or name.startswith("skimage."):
-            raise ImportError("No module named 'skimage'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_skimage)
-    code = main(["ablation", "--dataset", "realistic", "--out", str(tmp_path), "--doc", str(tmp_path / "r.md")])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "needs scikit-image: pip install 'sppnet[realistic]'" in err

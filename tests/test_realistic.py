@@ -16,6 +16,7 @@ from detection.data.realistic import (
     make_realistic_dataset,
 )
 from detection.data.voc import VOCDataset
+from tools.cli import main
 
 
 
@@ -135,7 +136,7 @@ def test_background_is_never_the_photograph_of_an_object(monkeypatch):
         assert chosen[-1] not in {CLASSES[o.name].photo for o in objects}
 
 
-def test_missing_scikit_image_is_one_clear_line(monkeypatch, tmp_path):
+def test_missing_scikit_image_is_one_clear_line(monkeypatch, tmp_path, capsys):
     real_import = builtins.__import__
 
     def no_skimage(name, *args, **kwargs):
@@ -148,3 +149,6 @@ def test_missing_scikit_image_is_one_clear_line(monkeypatch, tmp_path):
         make_realistic_dataset(tmp_path, num_trainval=1, num_test=1)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "VOC2007").exists()
+    code = main(["ablation", "--dataset", "realistic", "--out", str(tmp_path), "--doc", str(tmp_path / "r.md")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "needs scikit-image: pip install 'sppnet[realistic]'" in err
