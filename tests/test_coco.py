@@ -10,7 +10,7 @@ from PIL import Image
 from detection.evaluation.coco_eval import coco_evaluate, format_coco_table
 from detection.data.coco import detections_to_coco, read_coco_detections, voc_to_coco
 from detection.core.boxes import from_coco_boxes, to_coco_boxes
-from detection.core.detections import Detections
+from detection.core.detections import ClassDetections, Detections, by_class
 from detection.data.devkit import write_devkit_results
 from detection.data.voc import VOCDataset
 from tools.cli import main
@@ -90,24 +90,25 @@ def test_voc_ground_truth_becomes_coco_with_difficult_as_crowd(tmp_path):
 
 def test_detections_equal_to_the_ground_truth_score_ap_one(tmp_path):
     dataset = write_voc(tmp_path)
-    result = coco_evaluate(dataset, ground_truth_detections(dataset))
+    result = coco_evaluate(dataset, by_class(ground_truth_detections(dataset), 2))
     for name in ("AP", "AP50", "AP75", "mAP"):
         assert result[name] == pytest.approx(1.0), name
     assert result["ap"] == {"cat": pytest.approx(1.0), "dog": pytest.approx(1.0)}
     assert result["AP_small"] == pytest.approx(1.0)  # the 20 x 26 dog
     # a detection on a difficult box is ignored, not a false positive, as in the VOC devkit
-    assert coco_evaluate(dataset, ground_truth_detections(dataset, with_difficult=True))["AP"] == pytest.approx(1.0)
+    assert coco_evaluate(dataset, by_class(ground_truth_detections(dataset, with_difficult=True), 2))["AP"] == pytest.approx(1.0)
     # no detections at all: 0, and the table still prints
-    empty = coco_evaluate(dataset, {})
+    empty = coco_evaluate(dataset, by_class({}, 2))
     assert empty["AP"] == 0.0 and "AP75" in format_coco_table(empty)
     with pytest.raises(ValueError, match="not in split"):
-        coco_evaluate(dataset, {"999999": Detections.empty()})
+        coco_evaluate(dataset, [ClassDetections(np.array(["999999"]), np.ones(1), np.zeros((1, 4))),
+                                ClassDetections.empty()])
 
 
 def test_a_shifted_box_lowers_ap75_before_ap50(tmp_path):
     dataset = write_voc(tmp_path, {"000001": [("cat", 1, 1, 100, 100, 0)]})
     shifted = {"000001": Detections(np.array([[15.0, 0, 114, 99]]), np.array([1.0]), np.array([0]))}  # IoU 0.74
-    result = coco_evaluate(dataset, shifted)
+    result = coco_evaluate(dataset, by_class(shifted, 2))
     assert result["AP50"] == pytest.approx(1.0) and result["AP75"] == 0.0
     assert result["ap"]["dog"] is None and result["AP_small"] is None  # nothing to measure them on
 
