@@ -29,7 +29,7 @@ import numpy as np
 from detection.core.boxes import from_coco_boxes, to_coco_boxes
 from detection.core.detections import Detections, check_labels
 from detection.core.errors import SppnetError
-from detection.data.records import Dataset, DatasetError
+from detection.data.records import Dataset, DatasetError, check_spelling
 
 
 class CocoFileError(SppnetError, ValueError):
