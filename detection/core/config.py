@@ -1,6 +1,6 @@
 """The one place for defaults: a frozen dataclass tree with the paper's values.
 
-Section numbers (§N) refer to ../shared/spp-recipe.md, which collects the SPP-net paper
+Section numbers (§N) refer to docs/recipe.md, which collects the SPP-net paper
 (He et al., TPAMI 2015), its official code (ShaoqingRen/SPP_net) and R-CNN's code. Where
 paper and official code differ, both are a config value and the docstring says which is which.
 
