@@ -181,12 +181,14 @@ def assert_same_records(a, b):
 def test_the_same_boxes_as_voc_and_as_coco_give_identical_records(tmp_path):
     objects = {**OBJECTS, **EDGE_OBJECTS}
     voc = write_voc(tmp_path, objects)
-    coco = load_dataset(write_coco(tmp_path / "test.json", objects), "ignored", images=tmp_path / "JPEGImages")
+    coco = load_dataset(write_coco(tmp_path / "test.json", objects), images=tmp_path / "JPEGImages")
     assert isinstance(coco, COCODataset) and coco.split == "test"
     assert_same_records(voc, coco)  # VOC's classes given, COCO's from its categories
     assert_same_records(voc, load_dataset(tmp_path / "test.json", "test", images=tmp_path / "JPEGImages",
                                           classes=CLASSES))
     assert coco.clipped_boxes == 1 and len(coco.skipped_boxes) == 2
+    with pytest.raises(DatasetError, match="which split"):
+        load_dataset(tmp_path)
     assert "image 105 '000005.jpg': annotation 1010 'dog' (bbox [9, 9, 0, 21]) has no pixels" in coco.skipped_boxes[1]
 
 
@@ -229,6 +231,9 @@ def test_category_ids_in_increasing_order_are_the_class_indices_and_crowds_are_d
     (lambda d: d["images"][0].update(width=640), r"image 101 '000001.jpg': the annotation is for a 640x240 image, "
                                                  r"but .*000001.jpg is 320x240"),
     (lambda d: d["categories"].append({"id": 3, "name": "Cat"}), r"class 'Cat' is spelt differently"),
+    (lambda d: d["images"][0].update(width=0), r"image 101 '000001.jpg': image size 0x240 is not positive"),
+    (lambda d: d["images"][1].update(id=101), r"image ids must be unique"),
+    (lambda d: d["categories"].append({"id": 2, "name": "bird"}), r"category ids and names must be unique"),
     (lambda d: d.update(images=[], annotations=[]), r"split 'a' has no images"),
     (lambda d: d.pop("images"), r"not a COCO annotation file"),
 ])
@@ -317,3 +322,14 @@ def test_training_and_testing_on_voc_or_coco_gives_the_same_map(tmp_path):
                      "--out", str(tmp_path / name / "test"), "--device", "cpu", "--workers", "1", "--quiet"]) == 0
         metrics[name] = json.loads((tmp_path / name / "test" / "metrics.json").read_text())
     assert metrics["voc"] == metrics["coco"] and metrics["voc"]["mAP"] > 0
+
+
+def test_a_coco_detections_file_with_other_categories_is_a_one_line_error(tmp_path, capsys):
+    dataset = write_voc(tmp_path / "voc")
+    images = [{"id": 1, "file_name": "000001.jpg", "width": 320, "height": 240}]
+    coco = detections_to_coco(images, [Detections(np.zeros((1, 4)), np.ones(1), np.array([0]))], ("dinosaur",))
+    (tmp_path / "detections.json").write_text(json.dumps(coco))
+    assert main(["eval", "--data", str(dataset.root), "--split", "test", "--classes", "cat,dog",
+                 "--results", str(tmp_path / "detections.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "detections.json: categories ['dinosaur']" in err

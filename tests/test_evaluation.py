@@ -579,3 +579,18 @@ def test_evaluate_results_takes_paths_dicts_and_per_class_lists(tiny, tmp_path):
         evaluate_results(dataset, detections, metric="voc12")
     with pytest.raises(ValueError, match="1 classes of detections"):
         evaluate_results(dataset, [ClassDetections.empty()])
+
+
+def test_bad_result_files_are_one_line_errors_on_the_command_line(tiny, tmp_path, capsys):
+    from tools.cli import main
+
+    dataset, _ = tiny
+    args = ["eval", "--data", str(dataset.root), "--split", "test", "--results", str(tmp_path)]
+    (tmp_path / "comp4_det_test_pear.txt").write_text("000001 0.5 1 2 3 4\n000002 high 1 2 3 4\n")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "comp4_det_test_pear.txt, line 2" in err
+    (tmp_path / "comp4_det_test_pear.txt").write_text("000001 0.5 1 2 3 4\n000009 0.5 1 2 3 4\n")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not in split 'test'" in err and "'000009'" in err

@@ -13,15 +13,22 @@ import numpy as np
 
 from detection.core.cache import atomic_write_bytes
 from detection.core.detections import ClassDetections, Detections, by_class
+from detection.core.errors import SppnetError
+
+
+class ResultsError(SppnetError, ValueError):
+    """Detections that cannot be written or evaluated (a malformed result line, results of another
+    split, an image id a result file cannot hold); the message names the file, line or image."""
 
 
 def devkit_results_path(results_dir: str | Path, split: str, class_name: str, prefix: str = "comp4_det") -> Path:
     return Path(results_dir) / f"{prefix}_{split}_{class_name}.txt"
 
 
-def _check_image_id(image_id: str) -> None:
+def check_image_id(image_id: str) -> None:
+    """Raise :class:`ResultsError` for an image id that a devkit line cannot hold (empty or with whitespace)."""
     if not image_id or any(c.isspace() for c in image_id):
-        raise ValueError(f"image id {image_id!r} cannot be written to a devkit file (empty or with whitespace)")
+        raise ResultsError(f"image id {image_id!r} cannot be written to a devkit file (empty or with whitespace)")
 
 
 def _lines(results: ClassDetections) -> str:
@@ -39,7 +46,7 @@ def write_devkit_results(out_dir: str | Path, split: str, classes: tuple[str, ..
     Lines follow ``detections``' image order, then each image's detection order (:func:`by_class`).
     """
     for image_id in detections:
-        _check_image_id(image_id)
+        check_image_id(image_id)
     paths = []
     for name, results in zip(classes, by_class(detections, len(classes))):
         path = devkit_results_path(out_dir, split, name, prefix)
@@ -56,7 +63,7 @@ def _parse_line(path: Path, line_number: int, line: str) -> tuple[str, float, li
             return fields[0], score, box
     except ValueError:
         pass
-    raise ValueError(f"{path}, line {line_number}: expected '<image_id> <score> <x1> <y1> <x2> <y2>', "
+    raise ResultsError(f"{path}, line {line_number}: expected '<image_id> <score> <x1> <y1> <x2> <y2>', "
                      f"got {line.strip()!r}")
 
 

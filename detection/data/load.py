@@ -8,11 +8,12 @@ from detection.data.records import Dataset, DatasetError
 from detection.data.voc import VOCDataset
 
 
-def load_dataset(data: str | Path, split: str, images: str | Path | None = None,
+def load_dataset(data: str | Path, split: str | None = None, images: str | Path | None = None,
                  classes: tuple[str, ...] | None = None) -> Dataset:
     """The split ``split`` of a VOC-format directory, or the COCO annotation file ``data`` (a .json
-    file: one split) with its images in the folder ``images``. Both give the same records
-    (:mod:`detection.data.records`); ``classes`` as in :class:`VOCDataset` and :class:`COCODataset`.
+    file: one split, so ``split`` is not used) with its images in the folder ``images``. Both give
+    the same records (:mod:`detection.data.records`); ``classes`` as in :class:`VOCDataset` and
+    :class:`COCODataset`.
     """
     data = Path(data)
     if data.suffix.lower() == ".json" or data.is_file():
@@ -22,4 +23,6 @@ def load_dataset(data: str | Path, split: str, images: str | Path | None = None,
     if images is not None:
         raise DatasetError(f"{data}: --images goes with a COCO annotation file; a VOC directory has its "
                            f"images in JPEGImages/")
+    if split is None:
+        raise DatasetError(f"{data}: which split of this VOC directory? (ImageSets/Main/<split>.txt)")
     return VOCDataset(data, split, classes)

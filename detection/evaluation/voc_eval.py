@@ -32,6 +32,7 @@ import numpy as np
 
 from detection.core.boxes import max_overlaps
 from detection.core.detections import ClassDetections, Detections, by_class
+from detection.data.devkit import ResultsError
 from detection.data.records import Dataset
 
 METRICS = ("voc07", "voc10")
@@ -164,11 +165,11 @@ def _ground_truth_by_class(dataset: Dataset) -> list[GroundTruth]:
 
 
 def check_split_images(dataset: Dataset, image_ids) -> None:
-    """Raise ValueError when an image id is not in the split (the devkit's "unrecognized image"),
-    as that means results of another split."""
+    """Raise :class:`~detection.data.devkit.ResultsError` when an image id is not in the split (the
+    devkit's "unrecognized image"), as that means results of another split."""
     unknown = sorted(set(image_ids) - {record.image_id for record in dataset})
     if unknown:
-        raise ValueError(f"detections for {len(unknown)} image(s) not in split '{dataset.split}' "
+        raise ResultsError(f"detections for {len(unknown)} image(s) not in split '{dataset.split}' "
                          f"of {dataset.root}, e.g. '{unknown[0]}'")
 
 

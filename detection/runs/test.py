@@ -11,7 +11,7 @@ from detection.detector import Detector
 from detection.evaluation.results import evaluate_results
 from detection.core.images import load_image
 from detection.core.detections import Detections
-from detection.data.devkit import write_devkit_results
+from detection.data.devkit import check_image_id, write_devkit_results
 from detection.data.records import Dataset
 from proposals.store import ProposalStore
 
@@ -42,6 +42,8 @@ def test_model(detector: Detector, dataset: Dataset, out_dir: str | Path, cache:
     ``sppnet eval`` of them gives the same numbers.
     """
     out_dir = Path(out_dir)
+    for record in dataset:  # before any work, not after it
+        check_image_id(record.image_id)
     detections, failures = detect_dataset(detector, dataset, cache, workers=workers, progress=progress)
     write_devkit_results(out_dir / "results", dataset.split, dataset.classes, detections)
     metrics = evaluate_results(dataset, out_dir / "results", metric=metric)
