@@ -173,3 +173,10 @@ def test_an_empty_split_is_an_error_when_the_data_set_is_made(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path), "--split", "test", "--work-dir", str(tmp_path / "w")]) == 2
     one_line_error(capsys, "test.txt", "no images")
     assert not (tmp_path / "w").exists()  # nothing started
+
+
+def test_an_image_listed_twice_in_a_split_is_an_error(tmp_path):
+    write_voc(tmp_path, {"a": [("dog", (1, 1, 9, 9))], "b": []})
+    (tmp_path / "ImageSets" / "Main" / "trainval.txt").write_text("a\nb\na\n")
+    with pytest.raises(DatasetError, match=r"trainval\.txt: image 'a' is listed more than once"):
+        VOCDataset(tmp_path, "trainval")

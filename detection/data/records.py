@@ -157,7 +157,7 @@ def check_spelling(names_by_source: dict[str, list[str]], classes: tuple[str, ..
                                    f"'{by_key[_spelling_key(name)]}'; class names must match exactly")
 
 
-def spelling_canonical(names_by_source: dict[str, list[str]]) -> tuple[str, ...]:
+def checked_names(names_by_source: dict[str, list[str]]) -> tuple[str, ...]:
     """The distinct names used, sorted, after checking that no two are one class spelt two ways.
 
     Of two spellings, the one used less often is reported (the more frequent one is taken as

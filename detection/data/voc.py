@@ -6,6 +6,7 @@ Boxes are converted from the files' 1-based inclusive pixel indices to the code'
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from detection.data.records import (  # noqa: F401  (ImageRecord, DatasetError: 
     DatasetError,
     ImageRecord,
     check_spelling,
-    spelling_canonical,
+    checked_names,
 )
 
 VOC_CLASSES = (
@@ -60,7 +61,11 @@ def read_split(root: Path, split: str) -> list[str]:
     path = split_file(root, split)
     if not path.is_file():
         raise DatasetError(f"{path}: split file not found")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    twice = next((image_id for image_id, count in Counter(ids).items() if count > 1), None)
+    if twice is not None:
+        raise DatasetError(f"{path}: image '{twice}' is listed more than once")
+    return ids
 
 
 def parse_annotation(xml_path: Path) -> Annotation:
@@ -90,7 +95,7 @@ def infer_classes(names_by_file: dict[str, list[str]]) -> tuple[str, ...]:
     every label), or two names are one class spelt two ways: both are a :class:`DatasetError`
     naming the file.
     """
-    found = spelling_canonical(names_by_file)
+    found = checked_names(names_by_file)
     if set(found) <= set(VOC_CLASSES):
         return VOC_CLASSES
     if set(found) & set(VOC_CLASSES):
