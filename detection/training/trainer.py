@@ -33,10 +33,10 @@ from detection.core.images import load_image
 from detection.data.voc import VOCDataset
 from detection.detector import (
     Detector,
-    default_device,
     head_from_state,
     head_layer,
     layer_features,
+    resolve_device,
     state_hash,
     weights_id,
 )
@@ -83,7 +83,7 @@ class Trainer:
         self.config = config
         self.work_dir = Path(work_dir)
         self.cache = Cache(cache_dir if cache_dir is not None else self.work_dir / "cache")
-        self.device = torch.device(device or default_device())
+        self.device = resolve_device(device)
         self.workers = workers
         self.progress = progress
         self.log = TrainingLog(self.work_dir / "train.log", log)
