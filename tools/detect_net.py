@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from detection.runs.batch import (
-    DETECTIONS, FAILED, PREDICTIONS, BatchError, BatchSummary, DetectionFilter, OutputDir, ReadOptions,
-    class_indices, common_root, detect_files, distributed_env, file_sha1, find_images, gather_counts, shard,
-    share_cores,
+from detection.core.config import DEFAULT_MAX_PIXELS
+from tools.common import (
+    add_runtime_arguments,
+    add_test_time_set_argument,
+    finite_float,
+    int_at_least,
+    model_overrides,
+    parse_classes,
 )
-from detection.detector import Detector, default_device
-from detection.core.images import DEFAULT_MAX_PIXELS
-from tools.common import add_runtime_arguments, parse_classes
+
+if TYPE_CHECKING:  # the library is imported when the command runs, not for --help
+    from detection.runs.batch import BatchSummary, OutputDir
 
 # Images whose shorter side is below this many conv strides are refused: they hold fewer than 2x2
 # cells' worth of real pixels, so the rescale to the test scale (688 px) would be pure interpolation.
@@ -86,26 +91,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", metavar="FILE", help="a text file of image paths, one per line")
     parser.add_argument("--model", required=True, help="model.pt written by `sppnet train`")
     parser.add_argument("--out", required=True, help="output directory (see below)")
-    parser.add_argument("--score-thresh", type=float, default=None, metavar="S",
+    parser.add_argument("--score-thresh", type=finite_float, default=None, metavar="S",
                         help="keep detections scoring at least S (default: the model's threshold)")
-    parser.add_argument("--topk", type=int, default=None, metavar="K", help="keep the K best detections per image")
+    parser.add_argument("--topk", type=int_at_least(1), default=None, metavar="K", help="keep the K best detections per image")
     parser.add_argument("--classes", type=parse_classes, default=None, metavar="A,B",
                         help="keep only these classes (comma-separated names)")
     parser.add_argument("--save-vis", action="store_true", help="also write OUT/vis/: images with boxes drawn")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=int_at_least(1), default=DEFAULT_MAX_PIXELS,
                         help="refuse images with more pixels than this (default: %(default)s)")
-    parser.add_argument("--min-side", type=int, default=None,
+    parser.add_argument("--min-side", type=int_at_least(1), default=None,
                         help=f"refuse images whose shorter side is below this (default: {MIN_SIDE_STRIDES} x the "
                              "backbone's stride, 32 px for the bundled backbones)")
     parser.add_argument("--shard", type=parse_shard, default=None, metavar="i/n",
                         help="process shard i of n (0-based) of the sorted inputs")
+    add_test_time_set_argument(parser)
     add_runtime_arguments(parser)
 
 
-def _device(requested: str | None, world: int, local_rank: int) -> str:
-    device = requested or default_device()
+def _device(requested: str, world: int, local_rank: int):
+    from detection.detector import resolve_device
+
+    device = resolve_device(requested)
     # one GPU per rank when torchrun starts several on a machine
-    return f"cuda:{local_rank}" if device == "cuda" and world > 1 else device
+    return resolve_device(f"cuda:{local_rank}") if device.type == "cuda" and world > 1 else device
 
 
 def _print_summary(label: str, done: int, skipped: int, failed: int) -> None:
@@ -118,13 +126,20 @@ def _print_speed(summary: BatchSummary) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    overrides = model_overrides(args)
+    from detection.detector import Detector
+    from detection.runs.batch import (
+        BatchError, DetectionFilter, ReadOptions, class_indices, common_root, detect_files, distributed_env,
+        find_images, shard, share_cores,
+    )
+
     rank, world, local_rank = distributed_env()
     if world > 1 and args.shard is not None:
         raise BatchError("--shard cannot be combined with torchrun's RANK/WORLD_SIZE: use one or the other")
     index, count = args.shard or (rank, world)
     if not args.inputs and args.list is None:
         raise BatchError("no inputs: give image files, directories, glob patterns or --list FILE")
-    detector = Detector.load(args.model, device=_device(args.device, world, local_rank))
+    detector = Detector.load(args.model, device=_device(args.device, world, local_rank), overrides=overrides)
     if detector.device.type == "cpu":
         share_cores(args.workers)
     keep = DetectionFilter(args.score_thresh, args.topk,
@@ -132,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     paths = find_images(args.inputs, args.list)
     if not paths:
         raise BatchError(f"no image files found in {' '.join(args.inputs) or args.list}")
-    out = _open_output(args, index, count)
+    out = _open_output(args, index, count, overrides)
     options = ReadOptions(detector.config.proposals, max_pixels=args.max_pixels,
                           min_side=args.min_side or MIN_SIDE_STRIDES * detector.backbone.stride)
     summary = detect_files(detector, shard(paths, index, count), out, options, keep, workers=args.workers,
@@ -150,17 +165,24 @@ def run(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _open_output(args: argparse.Namespace, index: int, count: int) -> OutputDir:
+def _open_output(args: argparse.Namespace, index: int, count: int, overrides: dict[str, str]) -> OutputDir:
     """The --out directory of shard ``index`` of ``count``, checked against the settings it was made with."""
+    from detection.runs.batch import OutputDir, file_sha1
+
     out = OutputDir(Path(args.out), index, count)
     out.root.mkdir(parents=True, exist_ok=True)
-    out.check_settings({"model_sha1": file_sha1(args.model), "score_thresh": args.score_thresh,
-                        "topk": args.topk, "classes": list(args.classes) if args.classes else None})
+    settings = {"model_sha1": file_sha1(args.model), "score_thresh": args.score_thresh,
+                "topk": args.topk, "classes": list(args.classes) if args.classes else None}
+    if overrides:  # only when given, so directories made before --set existed still match
+        settings["set"] = overrides
+    out.check_settings(settings)
     out.done_marker.unlink(missing_ok=True)  # this shard is not done until it says so again
     return out
 
 
 def _finish_torchrun(out: OutputDir, classes, summary: BatchSummary, rank: int) -> int:
+    from detection.runs.batch import gather_counts
+
     done, skipped, failed = gather_counts([summary.done, summary.skipped, len(summary.failed)])
     if rank != 0:
         # a non-zero exit would make torchrun stop rank 0 in the middle of merging
@@ -181,6 +203,8 @@ def _finish_shard(out: OutputDir, classes, summary: BatchSummary) -> int:
 
 
 def _print_outputs(out: OutputDir, failures: dict[str, str]) -> None:
+    from detection.runs.batch import DETECTIONS, FAILED, PREDICTIONS
+
     print(f"detections: {out.root / DETECTIONS} (COCO), {out.root / PREDICTIONS}")
     if failures:
         print(f"failed images and reasons: {out.root / FAILED}")

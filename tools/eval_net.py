@@ -9,15 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from detection.core.cache import atomic_write_bytes
-from detection.evaluation.coco_eval import coco_evaluate, format_coco_table
-from detection.data.coco import read_coco_detections
-from detection.evaluation.voc_eval import class_curves, evaluate_detections, format_ap_table
-from detection.core.detections import Detections
-from detection.data.devkit import read_devkit_results
-from detection.data.voc import VOCDataset
 from tools.common import parse_classes
+
+if TYPE_CHECKING:  # the library is imported when a command runs, not for --help
+    from detection.core.detections import Detections
+    from detection.data.voc import VOCDataset
 
 EPILOG = """\
 metrics:
@@ -37,10 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--data", required=True, help="a VOC-format directory (VOC2007 itself or a VOCdevkit)")
-    parser.add_argument("--split", default="test", help="(default: %(default)s)")
+    parser.add_argument("--split", default="test", help="ImageSets/Main split to evaluate on (default: %(default)s)")
     parser.add_argument("--results", required=True,
                         help="directory of comp4_det_<split>_<class>.txt files, or a COCO detections .json")
-    parser.add_argument("--metric", choices=("voc07", "voc10", "coco"), default="voc07")
+    parser.add_argument("--metric", choices=("voc07", "voc10", "coco"), default="voc07",
+                        help="voc07, voc10 or coco: see below (default: %(default)s)")
     parser.add_argument("--classes", type=parse_classes, default=None, help="comma-separated class names")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the metrics as JSON here")
     parser.add_argument("--plot", metavar="DIR", default=None, help="write precision-recall curves as PNG here")
@@ -48,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_results(path: Path, dataset: VOCDataset) -> dict[str, Detections]:
     """Devkit files or a COCO detections file -> image id -> Detections, restricted to the split for COCO."""
+    from detection.data.coco import read_coco_detections
+    from detection.data.devkit import read_devkit_results
+
     if path.is_file():
         detections = read_coco_detections(path, dataset.classes)
         split_ids = {record.image_id for record in dataset}
@@ -56,6 +58,11 @@ def read_results(path: Path, dataset: VOCDataset) -> dict[str, Detections]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from detection.core.cache import atomic_write_bytes
+    from detection.data.voc import VOCDataset
+    from detection.evaluation.coco_eval import coco_evaluate, format_coco_table
+    from detection.evaluation.voc_eval import class_curves, evaluate_detections, format_ap_table
+
     dataset = VOCDataset(args.data, args.split, classes=args.classes)
     detections = read_results(Path(args.results), dataset)
     if args.metric == "coco":
