@@ -47,13 +47,17 @@ class DeviceError(SppnetError, ValueError):
     """A device that this machine does not have."""
 
 
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """"auto" (or None): CUDA when available, else the CPU; otherwise the device named, which must exist.
 
     Raises DeviceError (one line) for a CUDA device on a machine without CUDA or without that GPU.
     """
     if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(default_device())
     try:
         resolved = torch.device(device)
     except RuntimeError as err:

@@ -1,6 +1,6 @@
 """Fine-tuning the fc head on SPP vectors from cached conv maps, resumable (recipe §6).
 
-Section numbers (§N) refer to ../shared/spp-recipe.md. The conv layers are frozen, so a training
+Section numbers (§N) refer to docs/recipe.md. The conv layers are frozen, so a training
 window costs one SPP pooling of its image's cached map; :class:`FineTuner` asks the caller for
 those vectors (``pool_fn``) one image at a time and trains the head on 128-window mini-batches.
 

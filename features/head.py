@@ -1,6 +1,6 @@
 """The fully connected head fine-tuned on SPP vectors: fc6 → fc7 → (K+1)-way fc8 (recipe §6).
 
-Section numbers (§N) refer to ../shared/spp-recipe.md. The conv layers stay frozen, so the head
+Section numbers (§N) refer to docs/recipe.md. The conv layers stay frozen, so the head
 sees only pooled vectors: (N, C · Σ n²), the concatenation of the pyramid levels (§3).
 
 Where the backbone comes with an ImageNet classifier whose fc6 expects a single g×g grid

@@ -1,6 +1,6 @@
 """Which scale each window is pooled at, and where it lands on that scale's feature map.
 
-Section numbers (§N) refer to ../shared/spp-recipe.md. Boxes are (x1, y1, x2, y2) 0-based
+Section numbers (§N) refer to docs/recipe.md. Boxes are (x1, y1, x2, y2) 0-based
 inclusive pixel indices (see :mod:`detection.core.boxes`); feature-map cells are 0-based inclusive
 indices. All functions take and return torch tensors on the boxes' device, and loop over scales
 at most, never over boxes.

@@ -1,6 +1,6 @@
 """Spatial pyramid pooling of windows on a conv feature map (recipe §3).
 
-Section numbers (§N) refer to ../shared/spp-recipe.md. Windows arrive as inclusive feature-map
+Section numbers (§N) refer to docs/recipe.md. Windows arrive as inclusive feature-map
 cell boxes, as :func:`features.projection.project_boxes` returns them.
 
 How the bins are pooled (this is the hot path of detection after the conv layers; see

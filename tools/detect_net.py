@@ -7,10 +7,9 @@ rebuilt at the end. Rerunning with the same --out skips the images already done.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from detection.core.config import DEFAULT_MAX_PIXELS
+from detection.core.config import DEFAULT_MAX_PIXELS, MIN_SIDE_STRIDES
 from tools.common import (
     add_runtime_arguments,
     add_test_time_set_argument,
@@ -21,11 +20,7 @@ from tools.common import (
 )
 
 if TYPE_CHECKING:  # the library is imported when the command runs, not for --help
-    from detection.runs.batch import BatchSummary, OutputDir
-
-# Images whose shorter side is below this many conv strides are refused: they hold fewer than 2x2
-# cells' worth of real pixels, so the rescale to the test scale (688 px) would be pure interpolation.
-MIN_SIDE_STRIDES = 2
+    from detection.runs.batch import BatchSummary, Merged, OutputDir
 
 EPILOG = """\
 inputs:
@@ -108,14 +103,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_runtime_arguments(parser)
 
 
-def _device(requested: str, world: int, local_rank: int):
-    from detection.detector import resolve_device
-
-    device = resolve_device(requested)
-    # one GPU per rank when torchrun starts several on a machine
-    return resolve_device(f"cuda:{local_rank}") if device.type == "cuda" and world > 1 else device
-
-
 def _print_summary(label: str, done: int, skipped: int, failed: int) -> None:
     print(f"{label}: {done} done, {skipped} skipped (done by an earlier run), {failed} failed")
 
@@ -127,84 +114,29 @@ def _print_speed(summary: BatchSummary) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = model_overrides(args)
-    from detection.detector import Detector
-    from detection.runs.batch import (
-        BatchError, DetectionFilter, ReadOptions, class_indices, common_root, detect_files, distributed_env,
-        find_images, shard, share_cores,
-    )
+    from detection.runs.batch import FolderDetection
 
-    rank, world, local_rank = distributed_env()
-    if world > 1 and args.shard is not None:
-        raise BatchError("--shard cannot be combined with torchrun's RANK/WORLD_SIZE: use one or the other")
-    index, count = args.shard or (rank, world)
-    if not args.inputs and args.list is None:
-        raise BatchError("no inputs: give image files, directories, glob patterns or --list FILE")
-    detector = Detector.load(args.model, device=_device(args.device, world, local_rank), overrides=overrides)
-    if detector.device.type == "cpu":
-        share_cores(args.workers)
-    keep = DetectionFilter(args.score_thresh, args.topk,
-                           class_indices(args.classes, detector.classes) if args.classes else None)
-    paths = find_images(args.inputs, args.list)
-    if not paths:
-        raise BatchError(f"no image files found in {' '.join(args.inputs) or args.list}")
-    out = _open_output(args, index, count, overrides)
-    options = ReadOptions(detector.config.proposals, max_pixels=args.max_pixels,
-                          min_side=args.min_side or MIN_SIDE_STRIDES * detector.backbone.stride)
-    summary = detect_files(detector, shard(paths, index, count), out, options, keep, workers=args.workers,
-                           vis_root=common_root(paths) if args.save_vis else None, progress=not args.quiet)
-    label = "detect" if count == 1 else f"shard {index}/{count}"
-    _print_summary(label, summary.done, summary.skipped, len(summary.failed))
+    job = FolderDetection(args.model, args.inputs, args.out, list_file=args.list, score_thresh=args.score_thresh,
+                          topk=args.topk, classes=args.classes, save_vis=args.save_vis, max_pixels=args.max_pixels,
+                          min_side=args.min_side, shard=args.shard, device=args.device, workers=args.workers,
+                          progress=not args.quiet, overrides=overrides)
+    summary = job.detect()
+    _print_summary(job.label, summary.done, summary.skipped, len(summary.failed))
     if summary.done:
         _print_speed(summary)
-    if world > 1:
-        return _finish_torchrun(out, detector.classes, summary, rank)
-    if count > 1:
-        return _finish_shard(out, detector.classes, summary)
-    out.merge(detector.classes, summary.failed)
-    _print_outputs(out, summary.failed)
-    return 1 if summary.failed else 0
+    merged = job.finish(summary)
+    if merged is not None:
+        if merged.done is not None:
+            _print_summary("all ranks", merged.done, merged.skipped, merged.failed)
+        elif job.count > 1:
+            print(f"all {job.count} shards are done: merged")
+        _print_outputs(job.out, merged)
+    return job.exit_status(summary, merged)
 
 
-def _open_output(args: argparse.Namespace, index: int, count: int, overrides: dict[str, str]) -> OutputDir:
-    """The --out directory of shard ``index`` of ``count``, checked against the settings it was made with."""
-    from detection.runs.batch import OutputDir, file_sha1
-
-    out = OutputDir(Path(args.out), index, count)
-    out.root.mkdir(parents=True, exist_ok=True)
-    settings = {"model_sha1": file_sha1(args.model), "score_thresh": args.score_thresh,
-                "topk": args.topk, "classes": list(args.classes) if args.classes else None}
-    if overrides:  # only when given, so directories made before --set existed still match
-        settings["set"] = overrides
-    out.check_settings(settings)
-    out.done_marker.unlink(missing_ok=True)  # this shard is not done until it says so again
-    return out
-
-
-def _finish_torchrun(out: OutputDir, classes, summary: BatchSummary, rank: int) -> int:
-    from detection.runs.batch import gather_counts
-
-    done, skipped, failed = gather_counts([summary.done, summary.skipped, len(summary.failed)])
-    if rank != 0:
-        # a non-zero exit would make torchrun stop rank 0 in the middle of merging
-        return 0
-    _, failures = out.merge(classes)
-    _print_summary("all ranks", done, skipped, failed)
-    _print_outputs(out, failures)
-    return 1 if failed else 0
-
-
-def _finish_shard(out: OutputDir, classes, summary: BatchSummary) -> int:
-    out.done_marker.touch()
-    if out.all_shards_done():
-        _, failures = out.merge(classes)
-        print(f"all {out.world} shards are done: merged")
-        _print_outputs(out, failures)
-    return 1 if summary.failed else 0
-
-
-def _print_outputs(out: OutputDir, failures: dict[str, str]) -> None:
+def _print_outputs(out: OutputDir, merged: Merged) -> None:
     from detection.runs.batch import DETECTIONS, FAILED, PREDICTIONS
 
     print(f"detections: {out.root / DETECTIONS} (COCO), {out.root / PREDICTIONS}")
-    if failures:
+    if merged.failures:
         print(f"failed images and reasons: {out.root / FAILED}")

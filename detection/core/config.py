@@ -351,6 +351,10 @@ class SPPConfig:
 # Guard, not part of the recipe: images with more pixels than this are refused before they are
 # decoded, so one huge file cannot exhaust the memory (`sppnet detect --max-pixels`).
 DEFAULT_MAX_PIXELS = 100_000_000
+# Guard: `sppnet detect` refuses images whose shorter side is below this many conv strides (unless
+# --min-side): they hold fewer than 2x2 cells' worth of real pixels, so the rescale to the test
+# scale (688 px) would be pure interpolation.
+MIN_SIDE_STRIDES = 2
 
 # Presets: the tree some commands start from instead of the paper's (their flags, --config and
 # --set apply on top). A narrower fc head fine-tuned for fewer iterations than the paper's (§6):

@@ -8,14 +8,7 @@ IoUs pycocotools computes equal the devkit's "+1" ones.
 Category ids are 1-based class indices (category ``k + 1`` is ``classes[k]``), as COCO files number
 them from 1.
 
-Evaluating a VOC-format set with pycocotools (``sppnet eval --metric coco``): the GT is converted in
-memory, one COCO image per split image (ids 1..N in split order) and one annotation per object,
-``area`` = its box area. A *difficult* box becomes ``iscrowd = 1``. pycocotools ignores detections
-that match a crowd box instead of counting them as false positives, and lets any number of them
-match it, which is what the devkit does with difficult boxes; the one difference is that it
-measures overlap with a crowd box as intersection over the *detection's* area rather than IoU, so
-slightly more detections on difficult objects are ignored than in VOC's own evaluation. Difficult
-boxes are not counted as objects to find (recall), as in VOC.
+Evaluating against such ground truth: :mod:`detection.evaluation.coco_eval`.
 """
 from __future__ import annotations
 

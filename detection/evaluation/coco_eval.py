@@ -1,14 +1,6 @@
 """pycocotools evaluation of a VOC-format split (``sppnet eval --metric coco``).
 
-Boxes in the code are 0-based inclusive pixel indices (x1, y1, x2, y2) (see :mod:`detection.core.boxes`);
-COCO boxes are [x, y, w, h] in continuous coordinates. The pixel (x1, y1) covers [x1, x1 + 1), so
-x = x1, y = y1, w = x2 - x1 + 1, h = y2 - y1 + 1: a one-pixel box has w = h = 1, and the areas and
-IoUs pycocotools computes equal the devkit's "+1" ones.
-
-Category ids are 1-based class indices (category ``k + 1`` is ``classes[k]``), as COCO files number
-them from 1.
-
-Evaluating a VOC-format set with pycocotools (``sppnet eval --metric coco``): the GT is converted in
+Boxes and category ids are converted as :mod:`detection.data.coco` describes. The GT is converted in
 memory, one COCO image per split image (ids 1..N in split order) and one annotation per object,
 ``area`` = its box area. A *difficult* box becomes ``iscrowd = 1``. pycocotools ignores detections
 that match a crowd box instead of counting them as false positives, and lets any number of them
