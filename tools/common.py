@@ -226,7 +226,8 @@ def model_overrides(args: argparse.Namespace) -> dict[str, str]:
 
 def add_test_time_set_argument(parser: argparse.ArgumentParser) -> None:
     add_set_argument(parser, f"change the model's test-time options ({', '.join(s + '.*' for s in TEST_TIME_SECTIONS)}) "
-                             "by dotted name, e.g. --set test.nms_iou=0.4 test.max_per_image=20")
+                             "by dotted name, e.g. --set test.nms_iou=0.4 test.max_per_image=20; it takes every "
+                             "word up to the next option, so give it after the inputs")
 
 
 def parse_assignments(texts: list[str]) -> dict[str, str]:
