@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ from proposals.selective_search import selective_search
 from svm.bbox_regression import BoxRegressor
 
 MODEL_FORMAT = 2  # 2: fc head, feature layer and the pool5 scale of box regression
-
 
 
 class DeviceError(SppnetError, ValueError):
