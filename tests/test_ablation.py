@@ -2,8 +2,8 @@
 markers that a rerun replaces, leaving hand-written text alone."""
 import pytest
 
-from detection.runs.ablation import ROWS, write_markdown_section
-from tools.cli import main
+from detection.runs.ablation import GENERATED_SETS, ROWS, write_markdown_section
+from tools.cli import build_parser, main
 
 
 def test_markdown_section_is_replaced_in_place_and_text_around_it_kept(tmp_path):
@@ -49,3 +49,12 @@ def test_ablation_on_the_realistic_set(tmp_path):
     assert "| ftfc7 + bb |" in section
     assert (tmp_path / "out" / "realistic-2-200x160-seed0" / "data" / "realistic_dataset.json").is_file()
 
+
+
+def test_dataset_choices_are_the_generated_sets():
+    args = build_parser().parse_args(["ablation", "--dataset", "realistic"])
+    assert args.dataset == "realistic" and args.num_images is None and args.image_size is None
+    ablation_parser = next(a for a in build_parser()._actions if a.dest == "command").choices["ablation"]
+    choices = next(a.choices for a in ablation_parser._actions if a.dest == "dataset")
+    assert tuple(choices) == tuple(sorted(GENERATED_SETS))
+    assert GENERATED_SETS["realistic"].image_size == (500, 375) and GENERATED_SETS["realistic"].num_images == 150

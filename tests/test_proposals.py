@@ -1,5 +1,6 @@
 """Selective search boxes, the proposal store and R-CNN's proposal files."""
 import pickle
+import typing
 
 import cv2
 import numpy as np
@@ -11,7 +12,7 @@ import proposals.selective_search as selective_search_module
 import proposals.store as store_module
 from detection.core.cache import Cache
 from detection.core.boxes import clip_boxes
-from detection.core.config import ProposalConfig
+from detection.core.config import ProposalConfig, ProposalMode
 from detection.core.images import ImageError
 from detection.data.demo import make_demo_dataset
 from detection.data.voc import VOCDataset
@@ -84,7 +85,8 @@ def test_every_mode_runs_and_unknown_mode_raises():
     image = scene(96, 72)
     found = {mode: selective_search(image, ProposalConfig(mode=mode, resize_width=0, min_size=5))
              for mode in PROPOSAL_MODES}
-    assert set(found) == {"rcnn_fast", "opencv_fast", "quality"} and ProposalConfig().mode == "rcnn_fast"
+    assert PROPOSAL_MODES == typing.get_args(ProposalMode) == ("rcnn_fast", "opencv_fast", "quality")
+    assert ProposalConfig().mode == "rcnn_fast"
     for boxes in found.values():
         assert_valid_boxes(boxes, 96, 72)
     assert len(found["quality"]) > len(found["opencv_fast"])  # more colour spaces, ks and strategies

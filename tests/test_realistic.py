@@ -15,7 +15,7 @@ from detection.data.realistic import (
     draw_realistic_image,
     make_realistic_dataset,
 )
-from detection.data.voc import VOCDataset
+from detection.data.voc import VOC_CLASSES, VOCDataset
 from tools.cli import main
 
 
@@ -39,6 +39,7 @@ def records(voc):
 
 def test_classes_are_real_objects_from_several_photographs():
     assert len(REALISTIC_CLASSES) >= 10 and REALISTIC_CLASSES == tuple(sorted(REALISTIC_CLASSES))
+    assert not set(REALISTIC_CLASSES) & set(VOC_CLASSES)  # never taken for a VOC subset
     assert len({c.photo for c in CLASSES.values()}) >= 10
     for name in REALISTIC_CLASSES:
         for sprite in class_sprites(name):
