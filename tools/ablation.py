@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     # one directory per generated set: image ids repeat across sets, and the caches are keyed by id
     out = Path(args.out) / name
     voc = generated.make(out / "data", num_trainval=count, num_test=count, seed=args.seed, image_size=(width, height))
-    train_set, test_set = VOCDataset(voc, "trainval"), VOCDataset(voc, "test")
+    train_set, test_set = (VOCDataset(voc, split, classes=generated.classes) for split in ("trainval", "test"))
     one, five = COLUMNS
     columns = {"1": (one,), "5": (AblationColumn(five.name, five.scales, args.five_scale_images),),
                "1,5": (one, AblationColumn(five.name, five.scales, args.five_scale_images))}[args.columns]
