@@ -139,7 +139,8 @@ MODEL_FLAGS = (
     ConfigFlag("--finetune-checkpoint-every", "finetune.checkpoint_every",
                "iterations between fine-tuning checkpoints, from which an interrupted run resumes"),
     ConfigFlag("--svm-c", "svm.C", "the SVMs' regularisation constant C (liblinear -c; R-CNN's 0.001)"),
-    ConfigFlag("--bbox-lambda", "bbox.ridge_lambda", "box regression's ridge lambda (R-CNN 1000, official SPP code 4000)"),
+    ConfigFlag("--bbox-lambda", "bbox.ridge_lambda",
+               "box regression's ridge lambda (R-CNN 1000, official SPP code 4000)"),
     ConfigFlag("--bbox-min-overlap", "bbox.min_overlap",
                "box regression trains on windows of IoU above this with a ground-truth box "
                "(R-CNN 0.6, official SPP code 0.5)"),
@@ -225,9 +226,10 @@ def model_overrides(args: argparse.Namespace) -> dict[str, str]:
 
 
 def add_test_time_set_argument(parser: argparse.ArgumentParser) -> None:
-    add_set_argument(parser, f"change the model's test-time options ({', '.join(s + '.*' for s in TEST_TIME_SECTIONS)}) "
-                             "by dotted name, e.g. --set test.nms_iou=0.4 test.max_per_image=20; it takes every "
-                             "word up to the next option, so give it after the inputs")
+    sections = ", ".join(s + ".*" for s in TEST_TIME_SECTIONS)
+    add_set_argument(parser, f"change the model's test-time options ({sections}) by dotted name, e.g. "
+                             "--set test.nms_iou=0.4 test.max_per_image=20; it takes every word up to the next "
+                             "option, so give it after the inputs")
 
 
 def parse_assignments(texts: list[str]) -> dict[str, str]:

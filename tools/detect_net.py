@@ -88,7 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory (see below)")
     parser.add_argument("--score-thresh", type=finite_float, default=None, metavar="S",
                         help="keep detections scoring at least S (default: the model's threshold)")
-    parser.add_argument("--topk", type=int_at_least(1), default=None, metavar="K", help="keep the K best detections per image")
+    parser.add_argument("--topk", type=int_at_least(1), default=None, metavar="K",
+                        help="keep the K best detections per image")
     parser.add_argument("--classes", type=parse_classes, default=None, metavar="A,B",
                         help="keep only these classes (comma-separated names)")
     parser.add_argument("--save-vis", action="store_true", help="also write OUT/vis/: images with boxes drawn")
