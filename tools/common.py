@@ -99,6 +99,7 @@ class ConfigFlag:
     help: str
     type: Callable[[str], Any] | None = None
     const: Any = None
+    metavar: str | None = None
 
     @property
     def dest(self) -> str:
@@ -111,7 +112,7 @@ MODEL_FLAGS = (
     ConfigFlag("--backbone", "features.backbone", "the conv layers; efficientnet_lite0 has offline ImageNet weights"),
     ConfigFlag("--backbone-weights", "features.backbone_weights",
                "a local state-dict file for the backbone (torchvision key names for alexnet/vgg16); "
-               "none: the backbone's own weights"),
+               "none: the backbone's own weights", metavar="PATH"),
     ConfigFlag("--scales", "features.scales",
                "1 (688), 5 (480,576,688,864,1200) or a comma list of shorter image sides", type=parse_scales),
     ConfigFlag("--scale-rule", "features.scale_rule",
@@ -186,7 +187,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, preset: str | None = N
             continue
         annotation = option_type(option.key)
         choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
-        group.add_argument(option.flag, dest=option.dest, default=None, choices=choices,
+        group.add_argument(option.flag, dest=option.dest, default=None, choices=choices, metavar=option.metavar,
                            type=option.type or _reader(annotation),
                            help=f"{option.help} (default: {_default_text(value)})")
 
