@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    from detection.data.demo import make_demo_dataset
+    from detection.data.demo import DEMO_CLASSES, make_demo_dataset
     from detection.data.voc import VOCDataset
     from detection.evaluation.voc_eval import format_ap_table
     from detection.runs.test import test_model
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     voc = make_demo_dataset(out / "data", num_trainval=args.num_images, num_test=args.num_images, seed=args.seed)
     print(f"demo dataset: {voc}")
-    train_set = VOCDataset(voc, "trainval")
+    train_set = VOCDataset(voc, "trainval", classes=DEMO_CLASSES)  # all five, even if a small split lacks one
     trainer = Trainer(config, out / "train", device=device, workers=args.workers, progress=not args.quiet)
     save_config(config, trainer.work_dir)
     detector = trainer.train(train_set)

@@ -29,8 +29,7 @@ import numpy as np
 import torch
 
 from detection.core.cache import Cache
-# STAGES and parse_stages are re-exported: the stage names live in the config, where `sppnet train --stages` reads them
-from detection.core.config import STAGES, SPPConfig, fingerprint, parse_stages  # noqa: F401
+from detection.core.config import SPPConfig, fingerprint
 from detection.core.errors import SppnetError
 from detection.data.voc import VOCDataset
 

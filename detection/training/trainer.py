@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from detection.core.cache import Cache, atomic_write_bytes
-from detection.core.config import SPPConfig
+from detection.core.config import STAGES, SPPConfig
 from detection.core.errors import SppnetError
 from detection.core.images import load_image
 from detection.data.voc import VOCDataset
@@ -43,7 +42,6 @@ from detection.detector import (
 from detection.training.log import TrainingLog, format_svm_retrain, summarise_svm_history
 from detection.training.memo import MapReader, PooledWindows
 from detection.training.stages import (
-    STAGES,
     UPSTREAM,
     StageStore,
     dataset_fingerprint,
