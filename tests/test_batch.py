@@ -1,5 +1,6 @@
 """`sppnet detect` over folders: inputs, bad files, outputs, resume, shards, torchrun, the Python API."""
 import contextlib
+import errno
 import io
 import json
 import os
@@ -13,7 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from detection.runs.batch import DetectionFilter, ProposalPipeline, ReadOptions, find_images, read_records, shard
+from detection.runs.batch import (
+    DetectionFilter, OutputDir, PredictionStream, ProposalPipeline, ReadOptions, find_images, read_records, shard,
+)
 from detection.runs.batch.outputs import _truncate_torn_line
 from detection.core.config import ProposalConfig, SPPConfig
 from detection.detector import Detector
@@ -352,3 +355,69 @@ def test_torchrun_two_processes_equal_one(photos, single, model_path, tmp_path):
     assert_same_coco(coco(out), coco(single[0]))
     assert failures(out) == failures(single[0])
     assert sorted(jsonl_files(out)) == sorted(jsonl_files(single[0]))
+
+
+# -- processes that clean up, outputs that are complete -------------------------------------------------
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_out_stops_naming_the_first(model_path, tmp_path, capsys):
+    image = save(tmp_path / "in" / "a.png", Image.fromarray(scene(*IMAGE_SIZE, 0)))
+    out = tmp_path / "out"
+    held = OutputDir(out).lock()  # as a running `sppnet detect` holds it
+    try:
+        assert detect(model_path, out, image) == 2
+    finally:
+        held.close()
+    error = capsys.readouterr().err.strip()
+    assert error == (f"sppnet detect: error: {out}: in use by another sppnet detect (pid {os.getpid()}) writing "
+                     "predictions.jsonl; wait for it to end or use another --out")
+    assert not (out / "predictions.jsonl").exists()
+    # another shard writes another stream: not locked out; the same shard is
+    with OutputDir(out, 1, 2).lock():
+        assert detect(model_path, out, image, extra=["--shard", "0/2"]) == 0
+        assert detect(model_path, out, image, extra=["--shard", "1/2"]) == 2
+    assert detect(model_path, out, image) == 0  # released when its holder is done
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_a_picture_leaves_that_image_to_redo(model_path, tmp_path, monkeypatch, capsys):
+    import detection.core.cache as cache_module
+
+    folder = tmp_path / "in"
+    images = [save(folder / f"{name}.png", Image.fromarray(scene(*IMAGE_SIZE, seed))) for seed, name in enumerate("abc")]
+    out = tmp_path / "out"
+    real_mkstemp = cache_module.tempfile.mkstemp
+    pictures = []
+
+    def full_at_the_second_picture(dir, **kwargs):
+        if Path(dir).name == "vis":
+            pictures.append(dir)
+            if len(pictures) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_mkstemp(dir=dir, **kwargs)
+
+    monkeypatch.setattr(cache_module.tempfile, "mkstemp", full_at_the_second_picture)
+    assert detect(model_path, out, folder, extra=["--save-vis"]) == 2
+    assert f"No space left on device: '{out / 'vis' / 'b.png'}'" in capsys.readouterr().err
+    assert jsonl_files(out) == [str(images[0])]  # b's record was never written without its picture
+    monkeypatch.undo()
+    assert detect(model_path, out, folder, extra=["--save-vis"]) == 0
+    assert sorted(jsonl_files(out)) == [str(p) for p in images]
+    assert sorted(p.name for p in (out / "vis").iterdir()) == ["a.png", "b.png", "c.png"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("detections.json", "failed.tsv", "run.json", "predictions.jsonl", "vis/a.png"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_a_full_disk_at_a_record_names_the_file(tmp_path):
+    stream = PredictionStream(tmp_path / "predictions.jsonl")
+
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    stream._file.close()
+    stream._file = FullDisk()
+    with pytest.raises(OSError, match=r"No space left on device: '.*predictions\.jsonl'"):
+        stream.write({"file": "x"})

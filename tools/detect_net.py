@@ -29,9 +29,13 @@ outputs under --out:
                      h = y2 - y1 + 1; category_id = class index + 1; image ids 1..N by file name
   failed.tsv         path<TAB>reason of each image that could not be used
   vis/               with --save-vis: the images with their detections drawn, laid out as
-                     below the deepest directory holding all inputs
+                     below the deepest directory holding all inputs; each is written before
+                     its line in predictions.jsonl: a kill or a full disk cannot leave a
+                     done image without its picture
   run.json           the model's hash and the filters: a rerun into the same --out with
                      another model or other filters is refused rather than mixed in
+  .lock              held while a run writes: a second run into the same --out (or of the
+                     same --shard) stops at once with a one-line error naming the first's pid
   Scores are SVM margins (0 = the decision boundary); the model keeps those above its own
   threshold (config test.score_threshold, -1.5 by default); --score-thresh raises it.
 
@@ -104,15 +108,15 @@ def _print_speed(summary: BatchSummary) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    job = FolderDetection(args.model, args.inputs, args.out, list_file=args.list, score_thresh=args.score_thresh,
-                          topk=args.topk, classes=args.classes, save_vis=args.save_vis, max_pixels=args.max_pixels,
-                          min_side=args.min_side, shard=args.shard, device=args.device, workers=args.workers,
-                          progress=not args.quiet)
-    summary = job.detect()
-    _print_summary(job.label, summary.done, summary.skipped, len(summary.failed))
-    if summary.done:
-        _print_speed(summary)
-    merged = job.finish(summary)
+    with FolderDetection(args.model, args.inputs, args.out, list_file=args.list, score_thresh=args.score_thresh,
+                         topk=args.topk, classes=args.classes, save_vis=args.save_vis, max_pixels=args.max_pixels,
+                         min_side=args.min_side, shard=args.shard, device=args.device, workers=args.workers,
+                         progress=not args.quiet) as job:
+        summary = job.detect()
+        _print_summary(job.label, summary.done, summary.skipped, len(summary.failed))
+        if summary.done:
+            _print_speed(summary)
+        merged = job.finish(summary)
     if merged is not None:
         if merged.done is not None:
             _print_summary("all ranks", merged.done, merged.skipped, merged.failed)

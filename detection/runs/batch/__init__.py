@@ -22,7 +22,10 @@ Outputs under ``OUT``:
   an image twice;
 - ``failed.tsv``: ``path<TAB>reason`` of each image that failed, one line each;
 - ``vis/``: with ``save_vis``, each image with its detections drawn, at its path relative to the
-  deepest directory holding all inputs;
+  deepest directory holding all inputs, written before the image's jsonl line (a kill or a full
+  disk in between leaves the image undone, so a rerun redoes it);
+- ``.lock`` (``parts/shard<i>-of-<n>.lock`` for a shard): held by the process writing, so a second
+  run into the same ``OUT`` stops at once with an error naming the first one's pid;
 - ``run.json``: the model's hash and the filters. A rerun with the same ``OUT`` skips the images
   already in the jsonl (failed ones are tried again); it refuses other settings, which would mix
   two kinds of results in one file.

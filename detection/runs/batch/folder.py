@@ -48,7 +48,8 @@ class FolderDetection:
     the rank and world size pick the shard and ``device="cuda"`` means the rank's local GPU.
     ``score_thresh``, ``topk`` and ``classes`` (names) filter the detections; ``min_side``
     defaults to :data:`MIN_SIDE_STRIDES` conv strides. Errors in the inputs, the model or
-    ``out`` (made with other settings) are raised here, before any image is read.
+    ``out`` (made with other settings, in use by another process) are raised here, before any
+    image is read. The lock on ``out`` is held until :meth:`close` (or the end of a ``with`` block).
     """
 
     def __init__(self, model: str | os.PathLike, inputs: Sequence[str], out: str | os.PathLike, *,
@@ -72,14 +73,29 @@ class FolderDetection:
             raise BatchError(f"no image files found in {' '.join(map(str, inputs)) or list_file}")
         self.out = OutputDir(Path(out), self.index, self.count)
         self.out.root.mkdir(parents=True, exist_ok=True)
-        self.out.check_settings({"model_sha1": file_sha1(model), "score_thresh": score_thresh, "topk": topk,
-                                 "classes": list(classes) if classes else None})
+        self._lock = self.out.lock()
+        try:
+            self.out.check_settings({"model_sha1": file_sha1(model), "score_thresh": score_thresh, "topk": topk,
+                                     "classes": list(classes) if classes else None})
+        except BaseException:
+            self.close()
+            raise
         self.out.done_marker.unlink(missing_ok=True)  # this shard is not done until it says so again
         self.options = ReadOptions(self.detector.config.proposals, max_pixels=max_pixels,
                                    min_side=min_side or MIN_SIDE_STRIDES * self.detector.backbone.stride)
         self.workers = workers
         self.vis_root = common_root(self.paths) if save_vis else None
         self.progress = progress
+
+    def close(self) -> None:
+        """Release the lock on ``out``."""
+        self._lock.close()
+
+    def __enter__(self) -> FolderDetection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def label(self) -> str:
@@ -119,9 +135,9 @@ class FolderDetection:
 def detect_folder(model: str | os.PathLike, inputs: Sequence[str], out: str | os.PathLike,
                   **options) -> tuple[BatchSummary, Merged | None]:
     """Run :class:`FolderDetection` (same arguments) to the end: this process's summary and the merge, if its own."""
-    job = FolderDetection(model, inputs, out, **options)
-    summary = job.detect()
-    return summary, job.finish(summary)
+    with FolderDetection(model, inputs, out, **options) as job:
+        summary = job.detect()
+        return summary, job.finish(summary)
 
 
 def _device(requested: str | None, world: int, local_rank: int) -> str:

@@ -1,12 +1,13 @@
 """The ``--out`` directory of a batch: the jsonl stream, failures, settings for resuming, the merge of shards."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Sequence
 
 from detection.core.cache import atomic_write_bytes
 from detection.data.coco import detections_to_coco
@@ -19,6 +20,7 @@ FAILED = "failed.tsv"
 SETTINGS = "run.json"
 PARTS = "parts"
 VIS = "vis"
+LOCK = ".lock"
 
 
 def read_records(path: Path) -> list[dict]:
@@ -58,11 +60,16 @@ class PredictionStream:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         _truncate_torn_line(path)
+        self.path = path
         self._file = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._file.flush()
+        """Append one line; an OSError (a full disk) names the file."""
+        try:
+            self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self._file.flush()
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, str(self.path)) from err
 
     def close(self) -> None:
         self._file.close()
@@ -114,6 +121,33 @@ class OutputDir:
     @property
     def done_marker(self) -> Path:
         return self.root / PARTS / f"{self._part}.done"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK if self.world == 1 else self.root / PARTS / f"{self._part}{LOCK}"
+
+    def lock(self) -> IO[str]:
+        """Lock this process's stream until the returned file is closed; a BatchError naming the holder if taken.
+
+        Two runs into one ``OUT`` (or two runs of one shard) would both do all the work and write
+        every line twice. The lock (``flock``) is released by the kernel when its holder exits,
+        however it exits; the file holds the holder's pid, for the message.
+        """
+        path = self.lock_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise BatchError(f"{self.root}: in use by another sppnet detect (pid {holder}) writing {self.stream_path.name}; "
+                             "wait for it to end or use another --out") from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        return handle
 
     def _part_streams(self) -> list[Path]:
         return sorted((self.root / PARTS).glob("*.jsonl"))

@@ -83,15 +83,16 @@ def _bar_label(out: OutputDir) -> str:
 
 def _detect_one(detector, prepared: Prepared, out: OutputDir, stream: PredictionStream, keep: DetectionFilter,
                 vis_root: Path | None) -> str | None:
-    """Detect in one prepared image, stream its record (and picture); a failure's reason, or None."""
+    """Detect in one prepared image, write its picture (with ``vis_root``) and stream its record; a failure's reason, or None."""
     try:
         dets = keep(detector.detect(prepared.image, prepared.boxes))
     except RuntimeError as err:  # e.g. out of GPU memory on a huge image: fail it, go on
         return f"detection failed ({type(err).__name__}: {err})"
-    stream.write(prediction_record(prepared.path, prepared.image.shape[:2], dets, detector.classes))
     if vis_root is not None:
+        # the picture first: a kill or a full disk before the record leaves the image to be redone
         target = out.root / VIS / Path(prepared.path).relative_to(vis_root)
         save_visualization(target, prepared.image, dets, detector.classes)
+    stream.write(prediction_record(prepared.path, prepared.image.shape[:2], dets, detector.classes))
     return None
 
 
