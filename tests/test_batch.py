@@ -421,3 +421,69 @@ def test_a_full_disk_at_a_record_names_the_file(tmp_path):
     stream._file = FullDisk()
     with pytest.raises(OSError, match=r"No space left on device: '.*predictions\.jsonl'"):
         stream.write({"file": "x"})
+
+
+# -- video input ------------------------------------------------------------------------------------------
+
+def write_video(path: Path, frames: int, fps: float = 10.0) -> list[np.ndarray]:
+    """An MJPG .avi (a codec OpenCV writes and reads offline) of ``frames`` scenes; their RGB frames as read back."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, IMAGE_SIZE)
+    assert writer.isOpened()
+    for seed in range(frames):
+        writer.write(cv2.cvtColor(scene(*IMAGE_SIZE, 20 + seed), cv2.COLOR_RGB2BGR))
+    writer.release()
+    capture = cv2.VideoCapture(str(path))
+    decoded = []
+    while (frame := capture.read())[0]:
+        decoded.append(cv2.cvtColor(frame[1], cv2.COLOR_BGR2RGB))
+    return decoded
+
+
+def test_video_frames_every_kth_with_times_and_errors(tmp_path):
+    from detection.runs.batch.video import VideoError, frames_to_read, read_frames
+
+    decoded = write_video(tmp_path / "clip.avi", 8)
+    frames = list(read_frames(str(tmp_path / "clip.avi"), stride=3))
+    assert [(f.index, f.time) for f in frames] == [(0, 0.0), (3, 0.3), (6, 0.6)]
+    assert frames_to_read(tmp_path / "clip.avi", 3) == 3
+    for frame in frames:
+        np.testing.assert_array_equal(frame.image, decoded[frame.index])
+    assert frames[1].key == f"{tmp_path / 'clip.avi'}#frame=000003"
+    (tmp_path / "notes.mp4").write_text("not a video\n")
+    for name, reason in [("missing.mp4", "no such file"), ("notes.mp4", "cannot open as a video")]:
+        with pytest.raises(VideoError, match=reason):
+            list(read_frames(str(tmp_path / name)))
+    with pytest.raises(VideoError, match="smaller than 64 px"):
+        list(read_frames(str(tmp_path / "clip.avi"), min_side=64))
+
+
+@pytest.mark.slow
+def test_detect_on_a_video_one_record_per_kth_frame(model_path, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    decoded = write_video(folder / "clip.avi", 8)
+    photo = save(folder / "photo.png", Image.fromarray(scene(*IMAGE_SIZE, 1)))
+    (folder / "broken.mp4").write_text("not a video\n")
+    out = tmp_path / "out"
+    assert detect(model_path, out, folder, extra=["--video-stride", "3", "--save-vis"]) == 1
+    video = str(folder / "clip.avi")
+    records = read_records(out / "predictions.jsonl")
+    assert sorted((r["file"], r.get("frame"), r.get("time")) for r in records) == [
+        (video, 0, 0.0), (video, 3, 0.3), (video, 6, 0.6), (str(photo), None, None)]
+    assert failures(out) == {str(folder / "broken.mp4"): "cannot open as a video (no decoder in OpenCV for it?)"}
+    # each frame detected as the same picture given to the detector
+    det = Detector.load(model_path, device="cpu")
+    frame3 = next(r for r in records if r.get("frame") == 3)
+    expected = det(decoded[3])
+    np.testing.assert_allclose([d["box"] for d in frame3["detections"]], expected.boxes, atol=0.01)
+    np.testing.assert_allclose([d["score"] for d in frame3["detections"]], expected.scores, rtol=1e-4, atol=1e-4)
+    assert [image["file_name"] for image in coco(out)["images"]] == [
+        f"{video}#frame=000000", f"{video}#frame=000003", f"{video}#frame=000006", str(photo)]
+    assert sorted(p.name for p in (out / "vis" / "clip.avi.frames").iterdir()) == ["000000.jpg", "000003.jpg", "000006.jpg"]
+    capsys.readouterr()
+    # a rerun skips the frames done; a smaller stride adds only the frames not done yet
+    assert detect(model_path, out, folder, extra=["--video-stride", "2"]) == 1
+    assert "2 done, 3 skipped" in capsys.readouterr().out  # frames 2 and 4 new; 0, 6 and the photo skipped
+    assert sorted(r.get("frame", -1) for r in read_records(out / "predictions.jsonl")) == [-1, 0, 2, 3, 4, 6]

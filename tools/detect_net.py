@@ -1,4 +1,4 @@
-"""`sppnet detect`: detections for image files, folders, globs and lists of paths.
+"""`sppnet detect`: detections for image and video files, folders, globs and lists of paths.
 
 Images are read and proposed by --workers processes ahead of the conv layers; each result is
 streamed to OUT/predictions.jsonl as it finishes, and OUT/detections.json (COCO format) is
@@ -9,16 +9,19 @@ from __future__ import annotations
 import argparse
 
 from detection.core.images import DEFAULT_MAX_PIXELS
-from detection.runs.batch import (
-    DETECTIONS, FAILED, MIN_SIDE_STRIDES, PREDICTIONS, BatchSummary, FolderDetection, Merged, OutputDir,
-)
+from detection.runs.batch import DETECTIONS, FAILED, PREDICTIONS, BatchSummary, OutputDir
+from detection.runs.batch.folder import MIN_SIDE_STRIDES, FolderDetection, Merged
 from tools.common import add_runtime_arguments, parse_classes
 
 EPILOG = """\
 inputs:
-  Directories are searched recursively for .jpg .jpeg .png .bmp .tif .tiff .webp (any case);
-  quoted glob patterns ("photos/**/*.jpg") are expanded the same way; files named directly or
-  in --list (one path per line, # comments) are taken whatever their extension.
+  Directories are searched recursively for .jpg .jpeg .png .bmp .tif .tiff .webp (any case)
+  and the videos .mp4 .avi .mov .mkv .webm .m4v .mpg .mpeg .wmv .flv; quoted glob patterns
+  ("photos/**/*.jpg") are expanded the same way; files named directly or in --list (one path
+  per line, # comments) are taken whatever their extension (a video by its extension).
+  Of a video, every --video-stride-th frame (0, k, 2k, ...) is an image of its own: its
+  record has "frame" (0-based index) and "time" (seconds), its name in detections.json and
+  failed.tsv is video.mp4#frame=000120, its picture vis/<video path>.frames/000120.jpg.
 
 outputs under --out:
   predictions.jsonl  one line per image, written as it finishes:
@@ -78,7 +81,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, directories or glob patterns")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image or video files, directories or glob patterns")
     parser.add_argument("--list", metavar="FILE", help="a text file of image paths, one per line")
     parser.add_argument("--model", required=True, help="model.pt written by `sppnet train`")
     parser.add_argument("--out", required=True, help="output directory (see below)")
@@ -93,6 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-side", type=int, default=None,
                         help=f"refuse images whose shorter side is below this (default: {MIN_SIDE_STRIDES} x the "
                              "backbone's stride, 32 px for the bundled backbones)")
+    parser.add_argument("--video-stride", type=int, default=1, metavar="K",
+                        help="of a video, detect in every K-th frame (default: %(default)s, every frame)")
     parser.add_argument("--shard", type=parse_shard, default=None, metavar="i/n",
                         help="process shard i of n (0-based) of the sorted inputs")
     add_runtime_arguments(parser)
@@ -111,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     with FolderDetection(args.model, args.inputs, args.out, list_file=args.list, score_thresh=args.score_thresh,
                          topk=args.topk, classes=args.classes, save_vis=args.save_vis, max_pixels=args.max_pixels,
                          min_side=args.min_side, shard=args.shard, device=args.device, workers=args.workers,
-                         progress=not args.quiet) as job:
+                         video_stride=args.video_stride, progress=not args.quiet) as job:
         summary = job.detect()
         _print_summary(job.label, summary.done, summary.skipped, len(summary.failed))
         if summary.done:

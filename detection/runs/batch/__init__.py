@@ -3,7 +3,9 @@
 The modules: :mod:`.inputs` (finding, listing and sharding files), :mod:`.pipeline` (reading and
 proposals in worker processes), :mod:`.records` (filters and jsonl records), :mod:`.outputs` (the
 ``OUT`` directory: stream, failures, resume, merge), :mod:`.run` (the loop of one process),
-:mod:`.distributed` (torchrun) and :mod:`.folder` (a whole run from Python: :func:`detect_folder`).
+:mod:`.distributed` (torchrun), :mod:`.video` (frames of video files) and :mod:`.folder` (a whole run
+from Python: :func:`detection.runs.batch.folder.detect_folder`; not imported here, as it loads torch,
+which the worker processes importing this package do not need).
 
 The work flows in two stages. A pool of worker processes (:mod:`proposals.pool`) reads each image
 (:func:`load_image`: EXIF orientation, grayscale, palette, alpha, 16-bit, CMYK) and runs selective
@@ -39,7 +41,6 @@ Parts are kept after merging, as another shard may still be appending to its own
 """
 from detection.runs.batch.distributed import distributed_env, gather_counts
 from detection.runs.batch.errors import BatchError
-from detection.runs.batch.folder import MIN_SIDE_STRIDES, FolderDetection, Merged, detect_folder
 from detection.runs.batch.inputs import common_root, find_images, read_list_file, shard
 from detection.runs.batch.outputs import (
     DETECTIONS, FAILED, PARTS, PREDICTIONS, SETTINGS, VIS, OutputDir, PredictionStream, file_sha1, read_failures,
@@ -50,10 +51,9 @@ from detection.runs.batch.records import DetectionFilter, class_indices, predict
 from detection.runs.batch.run import BatchSummary, detect_files, share_cores
 
 __all__ = [
-    "BatchError", "BatchSummary", "DETECTIONS", "DetectionFilter", "FAILED", "FolderDetection", "MIN_SIDE_STRIDES",
-    "Merged", "OutputDir", "PARTS", "PREDICTIONS", "PredictionStream", "Prepared", "ProposalPipeline",
-    "ReadOptions", "SETTINGS", "VIS", "class_indices", "common_root", "detect_files", "detect_folder",
-    "distributed_env", "file_sha1", "find_images", "gather_counts", "prediction_record", "prepare_image",
-    "read_failures", "read_list_file", "read_records", "record_detections", "shard", "share_cores",
-    "write_failures",
+    "BatchError", "BatchSummary", "DETECTIONS", "DetectionFilter", "FAILED", "OutputDir", "PARTS", "PREDICTIONS",
+    "PredictionStream", "Prepared", "ProposalPipeline", "ReadOptions", "SETTINGS", "VIS", "class_indices",
+    "common_root", "detect_files", "distributed_env", "file_sha1", "find_images", "gather_counts",
+    "prediction_record", "prepare_image", "read_failures", "read_list_file", "read_records", "record_detections",
+    "shard", "share_cores", "write_failures",
 ]

@@ -12,7 +12,7 @@ from typing import IO, Sequence
 from detection.core.cache import atomic_write_bytes
 from detection.data.coco import detections_to_coco
 from detection.runs.batch.errors import BatchError
-from detection.runs.batch.records import record_detections
+from detection.runs.batch.records import record_detections, record_key
 
 PREDICTIONS = "predictions.jsonl"
 DETECTIONS = "detections.json"
@@ -153,8 +153,8 @@ class OutputDir:
         return sorted((self.root / PARTS).glob("*.jsonl"))
 
     def done_files(self) -> set[str]:
-        """Every file with a record in ``predictions.jsonl`` or a shard's part."""
-        return {r["file"] for path in [self.root / PREDICTIONS, *self._part_streams()] for r in read_records(path)}
+        """The key (:func:`record_key`) of every image with a record in ``predictions.jsonl`` or a shard's part."""
+        return {record_key(r) for path in [self.root / PREDICTIONS, *self._part_streams()] for r in read_records(path)}
 
     def check_settings(self, settings: dict) -> None:
         """Record the run's settings, or refuse to resume one made with others."""
@@ -180,14 +180,14 @@ class OutputDir:
         Returns the number of images with detections and the remaining failures.
         """
         part_records = [r for path in self._part_streams() for r in read_records(path)]
-        records = {r["file"]: r for r in read_records(self.root / PREDICTIONS)}
+        records = {record_key(r): r for r in read_records(self.root / PREDICTIONS)}
         merged = len(records)
         for record in part_records:
-            records.setdefault(record["file"], record)
+            records.setdefault(record_key(record), record)
         if len(records) > merged:
             lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records.values())
             atomic_write_bytes(self.root / PREDICTIONS, lines.encode("utf-8"))
-        self._write_coco(sorted(records.values(), key=lambda r: r["file"]), classes)
+        self._write_coco([records[key] for key in sorted(records)], classes)
         failed = dict(failures or {})
         for path in sorted((self.root / PARTS).glob("*.failed.tsv")):
             failed.update(read_failures(path))
@@ -196,7 +196,7 @@ class OutputDir:
         return len(records), failed
 
     def _write_coco(self, records: list[dict], classes: Sequence[str]) -> None:
-        images = [{"id": i, "file_name": r["file"], "width": r["width"], "height": r["height"]}
+        images = [{"id": i, "file_name": record_key(r), "width": r["width"], "height": r["height"]}
                   for i, r in enumerate(records, start=1)]
         coco = detections_to_coco(images, [record_detections(r, classes) for r in records], classes,
                                   info={"description": "sppnet detect", "box_format": "[x, y, w, h], w = x2 - x1 + 1"})
