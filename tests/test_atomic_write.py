@@ -32,7 +32,7 @@ class FullDisk:
     def __exit__(self, *exc):
         return False
 
-    def write(self, data):
+    def writelines(self, chunks):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
@@ -46,3 +46,18 @@ def test_a_full_disk_names_the_file_and_leaves_the_old_one(tmp_path, monkeypatch
     assert str(path) in str(caught.value) and "No space left" in str(caught.value)
     monkeypatch.undo()
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_chunks_are_written_in_order_and_an_error_while_making_them_is_not_renamed(tmp_path):
+    path = tmp_path / "detections.json"
+    atomic_write_bytes(path, (f"{i}," .encode() for i in range(5)))
+    assert path.read_text() == "0,1,2,3,4,"
+
+    def reading_a_missing_file():
+        yield b"["
+        open(tmp_path / "missing.jsonl")
+
+    with pytest.raises(FileNotFoundError) as caught:
+        atomic_write_bytes(path, reading_a_missing_file())
+    assert caught.value.filename == str(tmp_path / "missing.jsonl")
+    assert path.read_text() == "0,1,2,3,4," and len(list(tmp_path.iterdir())) == 1

@@ -15,9 +15,11 @@ import torch
 from PIL import Image
 
 from detection.runs.batch import (
-    DetectionFilter, OutputDir, PredictionStream, ProposalPipeline, ReadOptions, find_images, read_records, shard,
+    BatchError, DetectionFilter, OutputDir, PredictionStream, ProposalPipeline, ReadOptions, find_images, prediction_record,
+    read_records, shard,
 )
 from detection.runs.batch.outputs import _truncate_torn_line
+from detection.runs.batch.refilter import refilter
 from detection.core.config import ProposalConfig, SPPConfig
 from detection.detector import Detector
 from detection.core.detections import Detections
@@ -487,3 +489,92 @@ def test_detect_on_a_video_one_record_per_kth_frame(model_path, tmp_path, capsys
     assert detect(model_path, out, folder, extra=["--video-stride", "2"]) == 1
     assert "2 done, 3 skipped" in capsys.readouterr().out  # frames 2 and 4 new; 0, 6 and the photo skipped
     assert sorted(r.get("frame", -1) for r in read_records(out / "predictions.jsonl")) == [-1, 0, 2, 3, 4, 6]
+
+
+# -- the output directory, streamed; filtering a finished run again --------------------------------------------
+
+def synthetic_run(out: Path, classes=CLASSES) -> list[dict]:
+    """An OUT as `sppnet detect` leaves it, without a model: run.json, predictions.jsonl (with a torn last line), failed.tsv."""
+    rng = np.random.default_rng(0)
+    records = []
+    for name in ("b.jpg", "a.jpg", "clip.mp4#3", "c.jpg", "clip.mp4#0"):
+        n = int(rng.integers(0, 6))
+        x1, y1 = rng.uniform(0, 40, (2, n))
+        dets = Detections(np.stack([x1, y1, x1 + rng.uniform(5, 30, n), y1 + rng.uniform(5, 30, n)], 1),
+                          rng.normal(0, 1, n), rng.integers(0, len(classes), n))
+        file, _, frame = name.partition("#")
+        records.append(prediction_record(f"/data/{file}", (60, 80), dets, classes,
+                                         int(frame) if frame else None, int(frame or 0) / 10 if frame else None))
+    out.mkdir(parents=True)
+    OutputDir(out).check_settings({"model_sha1": "abc", "score_thresh": None, "topk": None, "classes": None}, classes)
+    (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"file": "/data/torn')
+    (out / "failed.tsv").write_text("/data/bad.jpg\tcannot decode image\n")
+    return records
+
+
+def test_merge_streams_what_detections_to_coco_writes(tmp_path):
+    from detection.data.coco import detections_to_coco
+    from detection.runs.batch import record_detections
+    from detection.runs.batch.records import record_key
+
+    out = tmp_path / "out"
+    records = synthetic_run(out)
+    # a shard's part with one record more and one already merged
+    (out / "parts").mkdir()
+    extra = prediction_record("/data/d.jpg", (60, 80), Detections.empty(), CLASSES)
+    (out / "parts" / "shard1-of-2.jsonl").write_text(json.dumps(extra) + "\n" + json.dumps(records[0]) + "\n")
+    count, failed = OutputDir(out).merge(CLASSES, {"/data/a.jpg": "stale", "/data/e.jpg": "new"})
+    everything = sorted(records + [extra], key=record_key)
+    assert count == 6 and failed == {"/data/e.jpg": "new"}  # failures come from the caller and the parts
+    assert read_records(out / "predictions.jsonl") == records + [extra]
+    images = [{"id": i, "file_name": record_key(r), "width": 80, "height": 60} for i, r in enumerate(everything, 1)]
+    expected = detections_to_coco(images, [record_detections(r, CLASSES) for r in everything], CLASSES,
+                                  info={"description": "sppnet detect", "box_format": "[x, y, w, h], w = x2 - x1 + 1"})
+    assert coco(out) == json.loads(json.dumps(expected))
+    assert [image["file_name"] for image in coco(out)["images"]][3:5] == ["/data/clip.mp4#frame=000000",
+                                                                          "/data/clip.mp4#frame=000003"]
+
+
+def test_filter_a_finished_run_again(tmp_path, capsys):
+    source, out = tmp_path / "run", tmp_path / "filtered"
+    records = synthetic_run(source)
+    assert main(["filter", str(source), "--out", str(out), "--score-thresh", "0", "--topk", "2",
+                 "--classes", "star,circle"]) == 0
+    filtered = read_records(out / "predictions.jsonl")
+    assert [(r["file"], r.get("frame"), r.get("time")) for r in filtered] == [
+        (r["file"], r.get("frame"), r.get("time")) for r in records]
+    for before, after in zip(records, filtered):
+        kept = sorted((d for d in before["detections"] if d["score"] >= 0 and d["label"] in ("star", "circle")),
+                      key=lambda d: -d["score"])[:2]
+        assert after["detections"] == kept
+    assert len(coco(out)["annotations"]) == sum(len(r["detections"]) for r in filtered)
+    assert failures(out) == {"/data/bad.jpg": "cannot decode image"}
+    settings = json.loads((out / "run.json").read_text())
+    assert settings["filtered_from"] == str(source) and settings["topk"] == 2
+    assert "filter: 5 images, 1 failed" in capsys.readouterr().out
+    # the same again is the same; into the run itself, with an unknown class, or from a non-run: one-line errors
+    assert main(["filter", str(source), "--out", str(out), "--score-thresh", "0", "--topk", "2",
+                 "--classes", "star,circle"]) == 0
+    assert read_records(out / "predictions.jsonl") == filtered
+    capsys.readouterr()
+    assert main(["filter", str(source), "--out", str(source), "--topk", "1"]) == 2
+    assert main(["filter", str(source), "--out", str(tmp_path / "x"), "--classes", "hexagon"]) == 2
+    assert main(["filter", str(tmp_path), "--out", str(tmp_path / "y")]) == 2
+    assert main(["filter", str(source), "--out", str(out), "--topk", "1"]) == 2  # made with other filters
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 4 and all(line.startswith("sppnet filter: error: ") for line in errors)
+    assert "needs another --out" in errors[0] and "hexagon" in errors[1] and "run.json" in errors[2]
+    assert "other settings" in errors[3]
+
+
+def test_a_run_json_without_the_class_list_is_resumed_and_gains_it(tmp_path):
+    out = tmp_path / "run"
+    synthetic_run(out)
+    settings = json.loads((out / "run.json").read_text())
+    del settings["model_classes"]
+    (out / "run.json").write_text(json.dumps(settings))  # as sppnet wrote it before
+    with pytest.raises(BatchError, match="no class list"):
+        refilter(out, tmp_path / "filtered", topk=1)
+    OutputDir(out).check_settings({k: settings[k] for k in ("model_sha1", "score_thresh", "topk", "classes")}, CLASSES)
+    assert json.loads((out / "run.json").read_text())["model_classes"] == list(CLASSES)
+    assert refilter(out, tmp_path / "filtered", topk=1)[0] == 5

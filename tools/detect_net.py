@@ -78,6 +78,15 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def add_filter_arguments(parser: argparse.ArgumentParser, default_threshold: str) -> None:
+    """--score-thresh, --topk, --classes (also `sppnet filter`'s)."""
+    parser.add_argument("--score-thresh", type=float, default=None, metavar="S",
+                        help=f"keep detections scoring at least S (default: {default_threshold})")
+    parser.add_argument("--topk", type=int, default=None, metavar="K", help="keep the K best detections per image")
+    parser.add_argument("--classes", type=parse_classes, default=None, metavar="A,B",
+                        help="keep only these classes (comma-separated names)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -85,11 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", metavar="FILE", help="a text file of image paths, one per line")
     parser.add_argument("--model", required=True, help="model.pt written by `sppnet train`")
     parser.add_argument("--out", required=True, help="output directory (see below)")
-    parser.add_argument("--score-thresh", type=float, default=None, metavar="S",
-                        help="keep detections scoring at least S (default: the model's threshold)")
-    parser.add_argument("--topk", type=int, default=None, metavar="K", help="keep the K best detections per image")
-    parser.add_argument("--classes", type=parse_classes, default=None, metavar="A,B",
-                        help="keep only these classes (comma-separated names)")
+    add_filter_arguments(parser, "the model's threshold")
     parser.add_argument("--save-vis", action="store_true", help="also write OUT/vis/: images with boxes drawn")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="refuse images with more pixels than this (default: %(default)s)")

@@ -79,7 +79,7 @@ class FolderDetection:
         self._lock = self.out.lock()
         try:
             self.out.check_settings({"model_sha1": file_sha1(model), "score_thresh": score_thresh, "topk": topk,
-                                     "classes": list(classes) if classes else None})
+                                     "classes": list(classes) if classes else None}, self.detector.classes)
         except BaseException:
             self.close()
             raise
