@@ -443,7 +443,7 @@ def write_video(path: Path, frames: int, fps: float = 10.0) -> list[np.ndarray]:
     return decoded
 
 
-def test_video_frames_every_kth_with_times_and_errors(tmp_path):
+def test_video_frames_every_kth_with_times_and_errors(model_path, tmp_path, capsys):
     from detection.runs.batch.video import VideoError, frames_to_read, read_frames
 
     decoded = write_video(tmp_path / "clip.avi", 8)
@@ -459,6 +459,8 @@ def test_video_frames_every_kth_with_times_and_errors(tmp_path):
             list(read_frames(str(tmp_path / name)))
     with pytest.raises(VideoError, match="smaller than 64 px"):
         list(read_frames(str(tmp_path / "clip.avi"), min_side=64))
+    assert detect(model_path, tmp_path / "out", tmp_path / "clip.avi", extra=["--video-stride", "0"]) == 2
+    assert capsys.readouterr().err == "sppnet detect: error: --video-stride: must be at least 1, got 0\n"
 
 
 @pytest.mark.slow
