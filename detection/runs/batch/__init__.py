@@ -3,7 +3,8 @@
 The modules: :mod:`.inputs` (finding, listing and sharding files), :mod:`.pipeline` (reading and
 proposals in worker processes), :mod:`.records` (filters and jsonl records), :mod:`.outputs` (the
 ``OUT`` directory: stream, failures, resume, merge), :mod:`.run` (the loop of one process),
-:mod:`.distributed` (torchrun), :mod:`.video` (frames of video files) and :mod:`.folder` (a whole run
+:mod:`.distributed` (torchrun), :mod:`.video` (frames of video files), :mod:`.refilter` (``sppnet
+filter``: a finished run filtered again from its records) and :mod:`.folder` (a whole run
 from Python: :func:`detection.runs.batch.folder.detect_folder`; not imported here, as it loads torch,
 which the worker processes importing this package do not need).
 
@@ -18,10 +19,11 @@ Outputs under ``OUT``:
 - ``predictions.jsonl``: one line per image as soon as it is done (flushed, so a crash loses
   nothing finished): ``{"file", "width", "height", "detections": [{"box": [x1, y1, x2, y2],
   "score", "label"}]}``, absolute file paths, 0-based inclusive pixel boxes, scores as the model
-  gives them (SVM margins: 0 is the decision boundary);
+  gives them (SVM margins: 0 is the decision boundary); a video frame's line also has ``"frame"``
+  and ``"time"``;
 - ``detections.json``: the same in COCO format (:mod:`detection.data.coco`), rebuilt from the jsonl
-  lines at the end of every run, one image per file (ids 1..N in file order), so it never holds
-  an image twice;
+  lines at the end of every run, one image per file or frame (ids 1..N in name order), so it
+  never holds an image twice; streamed, so no run holds its records in memory;
 - ``failed.tsv``: ``path<TAB>reason`` of each image that failed, one line each;
 - ``vis/``: with ``save_vis``, each image with its detections drawn, at its path relative to the
   deepest directory holding all inputs, written before the image's jsonl line (a kill or a full
