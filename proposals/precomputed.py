@@ -10,8 +10,8 @@ take every image's windows from a file instead of running selective search. ``PA
 - an ``.npz`` file with one (N, 4) array per image id, 0-based inclusive ``x1 y1 x2 y2``
   (``np.savez(path, **{image_id: boxes})``).
 
-The image id is the VOC id for train and test, and the file name without its extension for
-detect. The windows are used as given, in the given order (no resizing, minimum size or cap),
+The image id is the data set's id for train and test, and the file name without its extension
+for detect (a video frame: ``<name>#frame=NNNNNN``, six digits from 0). The windows are used as given, in the given order (no resizing, minimum size or cap),
 clipped to the image. An image with no entry is a one-line error naming the file and the id.
 """
 from __future__ import annotations
