@@ -105,6 +105,15 @@ class SVMConfig:
     evict_threshold: float = -1.2  # after a retrain, drop cached negatives scoring below this
     retrain_limit: int = 2000  # retrain once more than this many new negatives have accumulated
     max_iter: int = 10000
+    # §7: R-CNN's roidb (rcnn/imdb/roidb_from_voc.m) makes every GT box a positive, difficult ones
+    # included; False trains on non-difficult GT boxes only (this project's earlier behaviour)
+    use_difficult: bool = True
+    # §7: spp_train.m mines only one of the windows that land on the same cells at the same scale
+    # (``dedup``: they have identical features); False mines every window
+    dedup_windows: bool = True
+    # §7: dtype of the cached hard negatives, "float32" or "float16" (half the memory; the features
+    # are rounded to fp16 once, when cached). R-CNN kept float32 (MATLAB single).
+    cache_dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,9 @@ class BBoxConfig:
     enabled: bool = True
     ridge_lambda: float = 1000.0  # R-CNN; the official SPP code uses 4000
     min_overlap: float = 0.6  # training windows: IoU > 0.6 with a GT box (R-CNN); official SPP code 0.5
+    # §8: R-CNN's rcnn_train_bbox_regressor.m regresses towards every GT box, difficult ones
+    # included; False uses non-difficult GT boxes only (this project's earlier behaviour)
+    use_difficult: bool = True
 
 
 @dataclass(frozen=True)
@@ -122,7 +134,11 @@ class TestConfig:
 
     score_threshold: float = -1.5  # SVM margin units
     nms_iou: float = 0.3
-    max_per_image: int = 100
+    # §9: spp_test.m and rcnn_test.m keep the top 100 boxes of each class in each image
+    max_per_class: int = 100
+    # then at most this many boxes per image over all classes, 0 = no cap (the official code has
+    # none; this project's earlier behaviour was max_per_class=0, max_per_image=100)
+    max_per_image: int = 0
 
 
 @dataclass(frozen=True)
