@@ -1,4 +1,6 @@
 """Linear SVMs, R-CNN's hard-negative mining and the feature-norm scale (recipe §7)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -6,6 +8,8 @@ from sklearn.svm import LinearSVC
 
 import svm.hard_negatives as hn
 from detection.core.config import SVMConfig
+from detection.data.voc import ImageRecord
+from detection.training.windows import training_windows
 from svm.feature_norm import feature_norm_scale, sample_indices
 from svm.hard_negatives import HardNegativeSVMs
 from svm.linear_svm import LinearSVM
@@ -280,3 +284,16 @@ def test_sample_indices_is_deterministic_and_bounded():
     assert [i for i, _ in sample_indices(counts, seed=4)] != images
     few = sample_indices([3, 7], n_images=200, n_boxes=5, seed=0)
     assert [(i, len(b)) for i, b in few] == [(0, 3), (1, 5)]
+
+
+def test_difficult_objects_are_svm_positives_as_in_rcnn():
+    """R-CNN's roidb (roidb_from_voc.m) makes every GT box a positive; ``use_difficult=False`` drops difficult ones."""
+    gt = np.array([[0, 0, 39, 39], [100, 100, 139, 139], [50, 0, 89, 39]], dtype=float)
+    record = ImageRecord("a", Path("a.jpg"), 200, 200, gt, np.array([0, 1, 1]), np.array([False, True, False]))
+    windows = training_windows(record, np.array([[1, 1, 40, 40]], dtype=float), num_classes=2)
+    assert SVMConfig().use_difficult
+    assert windows.positives(SVMConfig().use_difficult).tolist() == [True, True, True, False]
+    assert windows.positive_labels.tolist() == [0, 1, 1, -1]
+    assert windows.positives(use_difficult=False).tolist() == [True, False, True, False]
+    # a window on a difficult object is never a negative of its class, whichever the setting
+    assert windows.overlaps[1, 1] == 1.0

@@ -287,7 +287,7 @@ class TrainingRun:
         windows = self.windows()
         positives, labels = [], []
         for i, w in enumerate(self._bar(windows, "svm positives")):
-            is_positive = w.positive_labels >= 0
+            is_positive = w.positives(cfg.svm.use_difficult)
             if is_positive.any():
                 positives.append(self._features(i, w.boxes[is_positive], head, layer) * scale)
                 labels.append(w.positive_labels[is_positive])
@@ -297,7 +297,8 @@ class TrainingRun:
                 yield self._features(i, w.boxes, head, layer) * scale, w.overlaps
 
         if not positives:
-            raise TrainingError("no non-difficult ground-truth box in the training set: nothing to train SVMs on")
+            raise TrainingError(f"no {'' if cfg.svm.use_difficult else 'non-difficult '}ground-truth box in the "
+                                "training set: nothing to train SVMs on")
         svms = HardNegativeSVMs.from_config(cfg.svm).fit(np.concatenate(positives), np.concatenate(labels),
                                                          negative_images(), num_classes=self.num_classes)
         for entry in svms.history_:
@@ -312,10 +313,9 @@ class TrainingRun:
         scale = self._feature_scale(None, "pool5")  # §8: pool5 with its own scale, whatever the SVMs read
         features, targets, labels = [], [], []
         for i, w in enumerate(self._bar(self.windows(), "bbox regression")):
-            record = w.record
+            gt_boxes, gt_labels = w.ground_truth(cfg.bbox.use_difficult)
             chosen, image_targets, image_labels = regression_training_set(
-                w.boxes, record.boxes[~record.difficult], record.labels[~record.difficult],
-                min_overlap=cfg.bbox.min_overlap)
+                w.boxes, gt_boxes, gt_labels, min_overlap=cfg.bbox.min_overlap)
             if len(chosen):
                 features.append(self._features(i, w.boxes[chosen], None, "pool5") * scale)
                 targets.append(image_targets)
