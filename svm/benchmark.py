@@ -106,7 +106,8 @@ def peak_rss_bytes() -> int:
 def benchmark_svm(spec: SyntheticMining, svms: HardNegativeSVMs | None = None) -> dict:
     """Run hard-negative mining on :func:`synthetic_mining_data` (``spec``); returns a plain dict:
     the spec, wall and CPU seconds, peak RSS before and after (bytes), retrains, the store's
-    sizes (``store_stats_``) and the final negatives per class."""
+    sizes (``store_stats_``), the final negatives per class and every retrain's (class, image,
+    positives, negatives, evicted)."""
     svms = svms if svms is not None else HardNegativeSVMs()
     X_pos, y_pos, images = synthetic_mining_data(spec)
     rss_before = peak_rss_bytes()
@@ -122,4 +123,5 @@ def benchmark_svm(spec: SyntheticMining, svms: HardNegativeSVMs | None = None) -
         "store": svms.store_stats_, "cache_dtype": svms.cache_dtype,
         "final_negatives_per_class": [final.get(j, 0) for j in range(spec.num_classes)],
         "max_negatives_trained": max((e["n_neg"] for e in svms.history_), default=0),
+        "retrain_sizes": [(e["class"], e["image"], e["n_pos"], e["n_neg"], e["n_evicted"]) for e in svms.history_],
     }

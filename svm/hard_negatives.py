@@ -257,8 +257,10 @@ class HardNegativeSVMs(BaseEstimator):
             cached = np.flatnonzero(candidate.any(axis=1))  # windows some class caches: stored once
             ids = store.add(features[cached], np.column_stack([np.full(len(cached), image, np.int64), windows[cached]]))
             for j in mined:
-                rows[j] = np.concatenate([rows[j], ids[candidate[cached, j]]])
-                added[j] += int(candidate[cached, j].sum())
+                new = ids[candidate[cached, j]]
+                if len(new):
+                    rows[j] = np.concatenate([rows[j], new])
+                    added[j] += len(new)
             stats["peak_rows"] = max(stats["peak_rows"], len(store))
             stats["peak_bytes"] = max(stats["peak_bytes"], store.nbytes)
             stats["peak_referenced"] = max(stats["peak_referenced"], sum(len(r) for r in rows.values()))
@@ -267,7 +269,8 @@ class HardNegativeSVMs(BaseEstimator):
                     retrain(j, image, "first")
                 elif added[j] > self.retrain_limit:
                     retrain(j, image, "limit")
-            compact_if_worth_it()
+            if history and history[-1]["image"] == image:  # rows are only released by retrains
+                compact_if_worth_it()
         for j in mined:
             # Without new negatives a retrain would only drop evicted ones; they score below -1, so
             # carry no hinge loss, and the optimum is unchanged.

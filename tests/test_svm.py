@@ -372,12 +372,12 @@ def test_duplicate_windows_have_equal_features_and_one_is_kept():
     """spp_train.m's dedup: windows on the same cells at the same scale pool to the same vector."""
     torch.manual_seed(0)
     extractor = SPPFeatureExtractor(build_backbone("zf5", pretrained=False),
-                                    FeatureConfig(backbone="zf5", scales=(200, 300)))
-    image = np.random.default_rng(9).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+                                    FeatureConfig(backbone="zf5", scales=(100, 160)))
+    image = np.random.default_rng(9).integers(0, 256, (100, 130, 3), dtype=np.uint8)
     maps = extractor.compute_maps(image)
     rng = np.random.default_rng(10)
-    x0, y0 = rng.integers(0, 120, 300), rng.integers(0, 80, 300)
-    boxes = np.column_stack([x0, y0, x0 + rng.integers(20, 80, 300), y0 + rng.integers(20, 70, 300)]).astype(float)
+    x0, y0 = rng.integers(0, 80, 300), rng.integers(0, 50, 300)
+    boxes = np.column_stack([x0, y0, x0 + rng.integers(10, 50, 300), y0 + rng.integers(10, 50, 300)]).astype(float)
     boxes = np.concatenate([boxes, boxes[:50] + rng.integers(0, 2, (50, 4))])  # near copies, often the same cells
     scale_index, cells = extractor.window_cells(maps, boxes, image.shape[:2])
     kept = distinct_windows(scale_index, cells)
