@@ -46,7 +46,9 @@ class _Generator:
         bank *= 20.0 / np.linalg.norm(bank, axis=1).mean()  # mean norm 20, as after the feature scale (§7)
         self.bank = bank
         directions = np.abs(rng.standard_normal((spec.num_classes, spec.dim), dtype=np.float32))
-        directions *= rng.random((spec.num_classes, spec.dim)) < spec.class_support
+        support = rng.random((spec.num_classes, spec.dim)) < spec.class_support
+        support[np.arange(spec.num_classes), rng.integers(0, spec.dim, spec.num_classes)] = True  # never empty
+        directions *= support
         self.directions = 20.0 * directions / np.linalg.norm(directions, axis=1, keepdims=True)
 
     def _rows(self, rng: np.random.Generator, n: int) -> np.ndarray:

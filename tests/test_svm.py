@@ -1,4 +1,5 @@
 """Linear SVMs, R-CNN's hard-negative mining and the feature-norm scale (recipe §7)."""
+import json
 import tracemalloc
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from svm.benchmark import SyntheticMining, synthetic_mining_data
 from svm.feature_norm import feature_norm_scale, sample_indices
 from svm.hard_negatives import HardNegativeSVMs, NegativeStore
 from svm.linear_svm import LinearSVM
+from tools.cli import main
 
 
 def blobs(rng, n, dim, centre, spread=1.0):
@@ -390,3 +392,15 @@ def test_duplicate_windows_have_equal_features_and_one_is_kept():
     for i, key in enumerate(keys):
         np.testing.assert_array_equal(pooled[i], pooled[first[key]])
     assert SVMConfig().dedup_windows and len(distinct_windows(scale_index[:0], cells[:0])) == 0
+
+
+def test_benchmark_svm_command_reports_time_memory_and_cache(tmp_path, capsys):
+    out = tmp_path / "svm.json"
+    assert main(["benchmark-svm", "--num-images", "4", "--windows", "60", "--dim", "16", "--classes", "3",
+                 "--cache-dtype", "float16", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["spec"]["num_images"] == 4 and report["cache_dtype"] == "float16"
+    assert report["peak_rss_bytes"] >= report["peak_rss_before_bytes"] > 0 and report["cpu_s"] >= 0
+    assert report["store"]["peak_bytes"] == report["store"]["peak_rows"] * 16 * 2
+    assert report["retrains"] == len(report["retrain_sizes"]) > 0
+    assert "peak RSS" in capsys.readouterr().out
