@@ -16,9 +16,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from svm.hard_negatives import HardNegativeSVMs
+if TYPE_CHECKING:  # the command line reads SyntheticMining's defaults without scikit-learn
+    from svm.hard_negatives import HardNegativeSVMs
 
 
 @dataclass(frozen=True)
@@ -105,12 +108,11 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def benchmark_svm(spec: SyntheticMining, svms: HardNegativeSVMs | None = None) -> dict:
-    """Run hard-negative mining on :func:`synthetic_mining_data` (``spec``); returns a plain dict:
+def benchmark_svm(spec: SyntheticMining, svms: HardNegativeSVMs) -> dict:
+    """Run ``svms``' hard-negative mining on :func:`synthetic_mining_data` (``spec``); returns a plain dict:
     the spec, wall and CPU seconds, peak RSS before and after (bytes), retrains, the store's
     sizes (``store_stats_``), the final negatives per class and every retrain's (class, image,
     positives, negatives, evicted)."""
-    svms = svms if svms is not None else HardNegativeSVMs()
     X_pos, y_pos, images = synthetic_mining_data(spec)
     rss_before = peak_rss_bytes()
     cpu_start, wall_start = time.process_time(), time.perf_counter()

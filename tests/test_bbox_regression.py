@@ -8,7 +8,7 @@ import torch
 
 from detection.core.boxes import apply_bbox_deltas, bbox_regression_targets, box_iou
 from detection.core.config import BBoxConfig
-from detection.data.voc import ImageRecord
+from detection.data.records import ImageRecord
 from detection.training.windows import training_windows
 from svm.bbox_regression import BoxRegressor, regression_training_set
 

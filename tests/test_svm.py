@@ -12,7 +12,7 @@ from sklearn.svm import LinearSVC
 import svm.hard_negatives as hn
 import svm.linear_svm as linear_svm_module
 from detection.core.config import FeatureConfig, SVMConfig
-from detection.data.voc import ImageRecord
+from detection.data.records import ImageRecord
 from detection.training.windows import training_windows
 from features.backbones import build_backbone
 from features.extractor import SPPFeatureExtractor, distinct_windows

@@ -11,29 +11,35 @@ import argparse
 import json
 from pathlib import Path
 
-from detection.core.cache import atomic_write_bytes
 from detection.core.config import SVMConfig
-from svm.benchmark import SyntheticMining, benchmark_svm
-from svm.hard_negatives import HardNegativeSVMs
+from svm.benchmark import SyntheticMining
+from tools.common import finite_float, int_at_least
 
 GIB = 2**30
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     spec = SyntheticMining()
-    parser.add_argument("--num-images", type=int, default=spec.num_images, help="default: %(default)s")
-    parser.add_argument("--windows", type=int, default=spec.windows, help="windows per image (default: %(default)s)")
-    parser.add_argument("--dim", type=int, default=spec.dim, help="feature dimension (default: %(default)s)")
-    parser.add_argument("--classes", type=int, default=spec.num_classes, help="default: %(default)s")
-    parser.add_argument("--hard-fraction", type=float, default=spec.hard_fraction,
+    parser.add_argument("--num-images", type=int_at_least(1), default=spec.num_images,
+                        help="generated images (default: %(default)s)")
+    parser.add_argument("--windows", type=int_at_least(1), default=spec.windows,
+                        help="windows per image (default: %(default)s)")
+    parser.add_argument("--dim", type=int_at_least(1), default=spec.dim, help="feature dimension (default: %(default)s)")
+    parser.add_argument("--classes", type=int_at_least(1), default=spec.num_classes,
+                        help="number of classes (default: %(default)s)")
+    parser.add_argument("--hard-fraction", type=finite_float, default=spec.hard_fraction,
                         help="fraction of each image's windows made hard negatives (default: %(default)s)")
     parser.add_argument("--cache-dtype", choices=("float32", "float16"), default=SVMConfig().cache_dtype,
                         help="storage type of the cached negatives (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=spec.seed)
+    parser.add_argument("--seed", type=int_at_least(0), default=spec.seed, help="of the generated data (default: %(default)s)")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the report as JSON here")
 
 
 def run(args: argparse.Namespace) -> int:
+    from detection.core.cache import atomic_write_bytes
+    from svm.benchmark import benchmark_svm
+    from svm.hard_negatives import HardNegativeSVMs
+
     spec = SyntheticMining(num_images=args.num_images, windows=args.windows, dim=args.dim,
                            num_classes=args.classes, hard_fraction=args.hard_fraction, seed=args.seed)
     svms = HardNegativeSVMs.from_config(SVMConfig(cache_dtype=args.cache_dtype))

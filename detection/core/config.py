@@ -47,6 +47,7 @@ FeatureLayer = Literal["pool5", "fc6", "fc7", "ftfc6", "ftfc7"]  # what the SVMs
 ScheduleName = Literal["official", "paper"]  # keys of SCHEDULES
 ScaleSampling = Literal["random", "chosen"]
 Stage = Literal["proposals", "conv", "finetune", "svm", "bbox"]  # the training stages, in pipeline order
+CacheDtype = Literal["float32", "float16"]  # storage of the SVMs' cached hard negatives (§7)
 
 BACKBONES: tuple[str, ...] = typing.get_args(BackboneName)
 FEATURE_LAYERS: tuple[str, ...] = typing.get_args(FeatureLayer)
@@ -248,7 +249,7 @@ class SVMConfig(_Section):
     dedup_windows: bool = True
     # §7: dtype of the cached hard negatives, "float32" or "float16" (half the memory; the features
     # are rounded to fp16 once, when cached). R-CNN kept float32 (MATLAB single).
-    cache_dtype: str = "float32"
+    cache_dtype: CacheDtype = "float32"
 
     _name = "svm"
     _rules = {"feature_norm_target": POSITIVE, "norm_images": at_least(1), "norm_boxes_per_image": at_least(1),
@@ -284,7 +285,7 @@ class TestConfig(_Section):
     max_per_image: int = 0
 
     _name = "test"
-    _rules = {"nms_iou": FRACTION, "max_per_image": at_least(1)}
+    _rules = {"nms_iou": FRACTION, "max_per_class": at_least(0), "max_per_image": at_least(0)}
 
 
 # The sections a trained model's settings may change in at test time (Detector.load's overrides).
