@@ -7,6 +7,7 @@ stages and reruns never run the conv layers again.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import cv2
@@ -61,24 +62,47 @@ class SPPFeatureExtractor:
             maps.append(self.backbone(self.backbone.preprocess(pixels))[0])
         return maps
 
-    def maps(self, key: str, load_image: Callable[[], np.ndarray]) -> tuple[list[torch.Tensor], tuple[int, int]]:
+    def maps(self, key: str, load_image: Callable[[], np.ndarray],
+             source: str | None) -> tuple[list[torch.Tensor], tuple[int, int]]:
         """Maps for image ``key`` and the image's (height, width), cached in fp16 on disk.
 
-        ``load_image`` is only called on a miss, so a warm cache reads no image files.
+        ``source`` is the hash of the file ``load_image`` reads (:meth:`Cache.source`): a cached
+        entry is used only when it was computed from the same content, and None bypasses the
+        cache. ``load_image`` is only called on a miss, so a warm cache reads no image files. A
+        cached entry is memory-mapped: on the CPU the maps are views of the file's pages.
         """
-        stored = None if self.cache is None else self.cache.get(CONV_STAGE, self.conv_fingerprint, key)
+        use_cache = self.cache is not None and source is not None
+        stored = self.cache.get(CONV_STAGE, self.conv_fingerprint, key, source=source, mmap=True) if use_cache else None
         if stored is not None:
             maps = [torch.from_numpy(stored[f"scale{i}"]).to(self.device) for i in range(len(self.config.scales))]
             return maps, tuple(int(v) for v in stored["image_size"])
         image = load_image()
         maps = self.compute_maps(image)
-        if self.cache is not None:
+        if use_cache:
             # hand back the same fp16 values a later cache hit will read, so results never depend
             # on whether the cache was warm
             maps = [m.to(torch.float16) for m in maps]
             arrays = {f"scale{i}": m.cpu().numpy() for i, m in enumerate(maps)}
-            self.cache.put(CONV_STAGE, self.conv_fingerprint, key, {**arrays, "image_size": np.array(image.shape[:2])})
+            self.cache.put(CONV_STAGE, self.conv_fingerprint, key, {**arrays, "image_size": np.array(image.shape[:2])},
+                           source=source)
         return maps, image.shape[:2]
+
+    def cached(self, key: str, source: str | None) -> bool:
+        """Whether maps of ``key`` computed from the file whose hash is ``source`` are in the cache."""
+        return self.cache is not None and source is not None and self.cache.has(
+            CONV_STAGE, self.conv_fingerprint, key, source=source)
+
+    def cache_bytes(self, height: int, width: int) -> int:
+        """An upper bound on the bytes one image's cached maps take (fp16, every scale; the header aside).
+
+        A map has at most ceil(side / S) cells a side at the scaled size (``PadToMultiple`` gives
+        exactly that; unpadded networks a little less).
+        """
+        total = 0
+        for factor in image_scale_factors(height, width, self.config.scales).tolist():
+            rows, cols = (math.ceil(max(1, round(side * factor)) / self.backbone.stride) for side in (height, width))
+            total += 2 * self.backbone.channels * rows * cols
+        return total
 
     def pool(self, maps: list[torch.Tensor], boxes: np.ndarray, image_size: tuple[int, int],
              scale_index: torch.Tensor | None = None) -> torch.Tensor:

@@ -125,7 +125,7 @@ def test_store_caches_and_second_run_reads_no_image(tmp_path, image_items, monke
     for key, boxes in first.items():
         assert again[key].dtype == np.float64
         np.testing.assert_array_equal(again[key], boxes)
-        np.testing.assert_array_equal(store.get(key, image_items[0][1]), boxes)
+        np.testing.assert_array_equal(store.get(key, dict(image_items)[key]), boxes)
 
 
 def test_store_get_computes_once_and_raises_for_a_bad_image(tmp_path, image_items):
@@ -133,7 +133,7 @@ def test_store_get_computes_once_and_raises_for_a_bad_image(tmp_path, image_item
     key, path = image_items[0]
     boxes = store.get(key, path)
     assert_valid_boxes(boxes, 120, 90)
-    assert store.cache.has("proposals", store.fingerprint, key)
+    assert store.has(key, store.cache.source(path))
     with pytest.raises(ImageError, match="broken.jpg"):
         store.get(*image_items[-1])
 
@@ -151,8 +151,9 @@ def test_an_interrupted_run_keeps_the_images_it_finished(tmp_path, image_items, 
     store = ProposalStore(Cache(tmp_path / "cache"), CONFIG)
     with pytest.raises(KeyboardInterrupt):
         store.compute_all(image_items[:3], progress=False)
-    assert store.cache.has("proposals", store.fingerprint, "img0")
-    assert not store.cache.has("proposals", store.fingerprint, "img1")
+    sources = {key: store.cache.source(path) for key, path in image_items}
+    assert store.has("img0", sources["img0"])
+    assert not store.has("img1", sources["img1"])
 
 
 def test_two_workers_match_one_and_survive_a_corrupt_image(tmp_path, image_items):
@@ -164,10 +165,10 @@ def test_two_workers_match_one_and_survive_a_corrupt_image(tmp_path, image_items
     assert set(parallel) == set(serial) == {"img0", "img1", "img2"}
     for key in serial:
         np.testing.assert_array_equal(parallel[key], serial[key])
-        assert parallel_store.cache.has("proposals", parallel_store.fingerprint, key)
+        assert parallel_store.has(key, parallel_store.cache.source(dict(items)[key]))
     assert parallel_failures == serial_failures
     assert "broken.jpg" in parallel_failures["broken"] and "\n" not in parallel_failures["broken"]
-    assert not parallel_store.cache.has("proposals", parallel_store.fingerprint, "broken")
+    assert not parallel_store.has("broken", parallel_store.cache.source(dict(items)["broken"]))
 
 
 def test_load_rcnn_proposals_converts_one_based_yx_to_zero_based_xy(tmp_path):

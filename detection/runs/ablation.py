@@ -22,8 +22,7 @@ import torch
 from detection.core.cache import Cache, atomic_write_bytes
 from detection.core.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
 from detection.evaluation.voc_eval import evaluate_detections
-from detection.core.images import load_image
-from detection.runs.test import detect_dataset
+from detection.runs.test import detect_dataset, record_maps
 from detection.training.trainer import Trainer
 from detection.data.voc import VOCDataset
 from proposals.store import ProposalStore
@@ -145,7 +144,7 @@ def _fill_test_maps(detector, test_set: VOCDataset) -> float:
     """Compute the test images' conv maps into the detector's cache, so that testing times only detection."""
     start = time.perf_counter()
     for record in test_set:
-        detector.extractor.maps(record.image_id, lambda r=record: load_image(r.path))
+        record_maps(detector, record, detector.extractor.cache.source(record.path))
     return time.perf_counter() - start
 
 

@@ -63,9 +63,11 @@ def parse_stages(text: str) -> tuple[str, ...]:
     return tuple(stage for stage in STAGES if stage in names)
 
 
-def dataset_fingerprint(dataset: VOCDataset) -> str:
-    """A hash of the class list and every image's id and annotation: what the learned stages saw."""
-    records = [(r.image_id, r.boxes.tolist(), r.labels.tolist(), r.difficult.tolist()) for r in dataset]
+def dataset_fingerprint(dataset: VOCDataset, sources: list[str | None]) -> str:
+    """A hash of the class list and every image's id, annotation and file content hash (``sources``,
+    one per image, :meth:`~detection.core.cache.Cache.source`): what the learned stages saw."""
+    records = [(r.image_id, r.boxes.tolist(), r.labels.tolist(), r.difficult.tolist(), source)
+               for r, source in zip(dataset, sources, strict=True)]
     return fingerprint(list(dataset.classes), records)
 
 
