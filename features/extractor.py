@@ -21,6 +21,14 @@ from features.projection import choose_scales, image_scale_factors, project_boxe
 from features.spp import spatial_pyramid_pool, spp_output_dim
 
 CONV_STAGE = "conv"
+CACHE_PRECISIONS = {"float16": 2, "int8": 1}  # bytes per cached map value
+
+
+def conv_fingerprint(backbone: str, weights_id: str, config: FeatureConfig) -> str:
+    """What cached conv maps depend on: the backbone and its weights' hash, the scales, the stored precision."""
+    parts = (backbone, weights_id, tuple(config.scales))
+    # fp16 entries keep the fingerprint they had before precisions were a setting
+    return fingerprint(*parts) if config.cache_precision == "float16" else fingerprint(*parts, config.cache_precision)
 
 
 def resize_to_scale(image: np.ndarray, scale: int) -> np.ndarray:
@@ -44,10 +52,14 @@ class SPPFeatureExtractor:
         self.config = config
         self.device = torch.device(device)
         self.cache = cache
-        self.conv_fingerprint = fingerprint(backbone.name, weights_id, tuple(config.scales))
+        if config.cache_precision not in CACHE_PRECISIONS:
+            raise ValueError(f"unknown cache precision {config.cache_precision!r}; choose one of "
+                             f"{', '.join(CACHE_PRECISIONS)}")
+        self.conv_fingerprint = conv_fingerprint(backbone.name, weights_id, config)
         if cache is not None:
             cache.describe(CONV_STAGE, self.conv_fingerprint,
-                           {"backbone": backbone.name, "weights": weights_id, "scales": list(config.scales)})
+                           {"backbone": backbone.name, "weights": weights_id, "scales": list(config.scales),
+                            "precision": config.cache_precision})
 
     @property
     def output_dim(self) -> int:
@@ -74,18 +86,41 @@ class SPPFeatureExtractor:
         use_cache = self.cache is not None and source is not None
         stored = self.cache.get(CONV_STAGE, self.conv_fingerprint, key, source=source, mmap=True) if use_cache else None
         if stored is not None:
-            maps = [torch.from_numpy(stored[f"scale{i}"]).to(self.device) for i in range(len(self.config.scales))]
-            return maps, tuple(int(v) for v in stored["image_size"])
+            return self.decode_maps(stored), tuple(int(v) for v in stored["image_size"])
         image = load_image()
         maps = self.compute_maps(image)
         if use_cache:
-            # hand back the same fp16 values a later cache hit will read, so results never depend
-            # on whether the cache was warm
-            maps = [m.to(torch.float16) for m in maps]
-            arrays = {f"scale{i}": m.cpu().numpy() for i, m in enumerate(maps)}
+            arrays = self.encode_maps(maps)
             self.cache.put(CONV_STAGE, self.conv_fingerprint, key, {**arrays, "image_size": np.array(image.shape[:2])},
                            source=source)
+            # hand back the same values a later cache hit will read, so results never depend on
+            # whether the cache was warm
+            maps = self.decode_maps(arrays)
         return maps, image.shape[:2]
+
+    def encode_maps(self, maps: list[torch.Tensor]) -> dict[str, np.ndarray]:
+        """Maps -> the cache entry's arrays: ``scale{i}`` (C, H, W) fp16, or int8 with ``step{i}`` (C,) float32."""
+        arrays = {}
+        for i, fmap in enumerate(maps):
+            if self.config.cache_precision == "float16":
+                arrays[f"scale{i}"] = fmap.to(torch.float16).cpu().numpy()
+                continue
+            step = fmap.abs().amax(dim=(1, 2)).float() / 127  # (C,)
+            step = torch.where(step > 0, step, torch.ones_like(step))
+            arrays[f"scale{i}"] = torch.round(fmap / step[:, None, None]).clamp(-127, 127).to(torch.int8).cpu().numpy()
+            arrays[f"step{i}"] = step.cpu().numpy()
+        return arrays
+
+    def decode_maps(self, arrays: dict[str, np.ndarray]) -> list[torch.Tensor]:
+        """The entry's arrays -> one (C, H, W) fp16 map per scale on the device."""
+        maps = []
+        for i in range(len(self.config.scales)):
+            fmap = torch.from_numpy(arrays[f"scale{i}"]).to(self.device)
+            if f"step{i}" in arrays:
+                step = torch.from_numpy(arrays[f"step{i}"]).to(self.device)[:, None, None]
+                fmap = (fmap.float() * step).to(torch.float16)
+            maps.append(fmap)
+        return maps
 
     def cached(self, key: str, source: str | None) -> bool:
         """Whether maps of ``key`` computed from the file whose hash is ``source`` are in the cache."""
@@ -93,7 +128,7 @@ class SPPFeatureExtractor:
             CONV_STAGE, self.conv_fingerprint, key, source=source)
 
     def cache_bytes(self, height: int, width: int) -> int:
-        """An upper bound on the bytes one image's cached maps take (fp16, every scale; the header aside).
+        """An upper bound on the bytes one image's cached maps take (every scale; the header aside).
 
         A map has at most ceil(side / S) cells a side at the scaled size (``PadToMultiple`` gives
         exactly that; unpadded networks a little less).
@@ -101,7 +136,7 @@ class SPPFeatureExtractor:
         total = 0
         for factor in image_scale_factors(height, width, self.config.scales).tolist():
             rows, cols = (math.ceil(max(1, round(side * factor)) / self.backbone.stride) for side in (height, width))
-            total += 2 * self.backbone.channels * rows * cols
+            total += self.backbone.channels * (rows * cols * CACHE_PRECISIONS[self.config.cache_precision] + 4)
         return total
 
     def pool(self, maps: list[torch.Tensor], boxes: np.ndarray, image_size: tuple[int, int],

@@ -10,7 +10,7 @@ import torch
 
 import detection.core.cache as cache_module
 from detection.core.cache import Cache, CacheSpaceError
-from detection.core.config import FIVE_SCALES, FeatureConfig, SPPConfig
+from detection.core.config import FIVE_SCALES, FeatureConfig, SPPConfig, fingerprint
 from detection.core.hashing import file_sha1, state_hash
 from detection.data.demo import make_demo_dataset
 from detection.data.voc import VOCDataset
@@ -149,6 +149,40 @@ def test_conv_maps_are_checked_against_the_image_and_memory_mapped(tmp_path):
     assert not torch.equal(maps_a[0], maps_b[0]) and ("conv", extractor.conv_fingerprint, "000001") in cache.stale
     uncached, _ = extractor.maps("000001", lambda: a, None)  # no source: the cache is not used
     assert torch.equal(uncached[0].half(), maps_a[0])
+
+
+@pytest.mark.parametrize("precision, bytes_per_value", [("float16", 2), ("int8", 1)])
+def test_conv_cache_precisions_round_trip(tmp_path, precision, bytes_per_value):
+    backbone = build_backbone("efficientnet_lite0")
+    config = FeatureConfig(scales=(64, 96), cache_precision=precision)
+    extractor = SPPFeatureExtractor(backbone, config, cache=Cache(tmp_path))
+    image = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    exact = extractor.compute_maps(image)
+    computed, _ = extractor.maps("k", lambda: image, "sha")
+    read, _ = extractor.maps("k", lambda: pytest.fail("read although cached"), "sha")
+    for fmap, first, again in zip(exact, computed, read):
+        assert first.dtype == again.dtype == torch.float16 and torch.equal(first, again)
+        bound = fmap.abs() / 2048  # fp16 rounding, and int8's half step
+        if precision == "int8":
+            bound = bound + fmap.abs().amax(dim=(1, 2))[:, None, None] / 254
+        assert bool(((first.float() - fmap).abs() <= bound * 1.01 + 1e-6).all())
+    entry = extractor.cache.path("conv", extractor.conv_fingerprint, "k").stat().st_size
+    steps = 4 * sum(len(m) for m in exact) if precision == "int8" else 0  # a float32 step per channel and scale
+    assert entry <= bytes_per_value * sum(m.numel() for m in exact) + steps + 1024 <= extractor.cache_bytes(60, 80) + 1024
+    # fp16 entries keep their fingerprint; int8 ones have their own
+    assert (extractor.conv_fingerprint == fingerprint(backbone.name, "", (64, 96))) == (precision == "float16")
+
+
+def test_cache_precision_is_an_option(tmp_path):
+    import argparse
+
+    from tools.common import add_config_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    assert config_from_args(parser.parse_args(["--cache-precision", "int8"])).features.cache_precision == "int8"
+    with pytest.raises(ValueError, match="unknown cache precision"):
+        SPPFeatureExtractor(build_backbone("zf5", pretrained=False), FeatureConfig(cache_precision="int4"))
 
 
 # -- the free-disk check -------------------------------------------------------------------------

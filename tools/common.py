@@ -48,6 +48,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a local state-dict file for the backbone (torchvision key names for alexnet/vgg16)")
     g.add_argument("--scales", type=parse_scales, default=d.features.scales,
                    help="1 (688), 5 (480,576,688,864,1200) or a comma list of shorter sides (default: 1)")
+    g.add_argument("--cache-precision", choices=("float16", "int8"), default=d.features.cache_precision,
+                   help="conv cache: float16 (default), or int8 per channel at half the disk "
+                        "(values within max|x|/254 of the computed ones)")
     g.add_argument("--scale-rule", choices=("paper", "official"), default=d.features.scale_rule,
                    help="per-window scale: area closest to 224² (paper) or side 208 (official code) "
                         "(default: %(default)s)")
@@ -91,7 +94,7 @@ def config_from_args(args: argparse.Namespace) -> SPPConfig:
                    "max_proposals": args.max_proposals, "min_size": args.min_proposal_size},
         features={"mode": args.mode, "backbone": args.backbone, "backbone_weights": args.backbone_weights,
                   "scales": args.scales, "scale_rule": args.scale_rule, "projection": args.projection,
-                  "pyramid_levels": args.pyramid},
+                  "pyramid_levels": args.pyramid, "cache_precision": args.cache_precision},
         finetune={"iterations": args.finetune_iterations, "schedule": args.schedule,
                   "scale_sampling": args.finetune_scales, "hidden": args.finetune_hidden,
                   "checkpoint_every": args.finetune_checkpoint_every},

@@ -33,6 +33,7 @@ from detection.core.cache import Cache
 from detection.core.config import SPPConfig, fingerprint
 from detection.core.errors import SppnetError
 from detection.data.voc import VOCDataset
+from features.extractor import conv_fingerprint
 
 STAGES = ("proposals", "conv", "finetune", "svm", "bbox")
 
@@ -90,7 +91,7 @@ def stage_fingerprints(config: SPPConfig, proposals: str, backbone_weights: str,
     hash, ``dataset`` :func:`dataset_fingerprint`, ``pretrained_head`` the hash of the backbone's
     pretrained fc layers (None when it has none).
     """
-    conv = fingerprint(config.features.backbone, backbone_weights, tuple(config.features.scales))
+    conv = conv_fingerprint(config.features.backbone, backbone_weights, config.features)
     upstream = (proposals, conv, dataset, config.features)  # features: pooling (levels, rules) shapes every vector
     # where checkpoints fall changes no weight (the fine-tuner resumes bit-identically)
     finetune_settings = dataclasses.replace(config.finetune, checkpoint_every=0)
