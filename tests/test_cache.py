@@ -274,3 +274,22 @@ def test_no_work_starts_when_the_disk_is_too_small(two_sets, tmp_path, monkeypat
                       log=lambda line: None)
     with pytest.raises(CacheSpaceError, match=r"sppnet train \(4 images\) needs about"):
         trainer.train(VOCDataset(a, "trainval"))
+
+
+def test_cache_benchmark_sizes_from_shapes_and_reads_every_format(tmp_path):
+    from detection.runs.cache_benchmark import format_report, map_shapes, read_speed, size_row
+
+    backbone = build_backbone("efficientnet_lite0")
+    image = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    extractor = SPPFeatureExtractor(backbone, FeatureConfig(scales=(64, 96)))
+    assert map_shapes(backbone, 60, 80, (64, 96)) == [tuple(m.shape) for m in extractor.compute_maps(image)]
+    row = size_row(backbone, 60, 80, (64, 96), tmp_path)
+    assert row.cells == sum(h * w for _, h, w in map_shapes(backbone, 60, 80, (64, 96)))
+    assert row.entry_bytes["int8"] < row.entry_bytes["float16"] <= row.npz_bytes + 1024
+    assert row.dataset_gb(1000, "float16") == pytest.approx(1000 * row.entry_bytes["float16"] / 1e9)
+    reads = read_speed(backbone, image, (64, 96), copies=2, directory=tmp_path, one_scale=1)
+    assert [(r.method.split(",")[0], r.page_cache) for r in reads] == [
+        (m, c) for m in ("npz (before)", "mapped fp16 entry", "mapped int8 entry", "mapped fp16 entry")
+        for c in ("cold", "warm")]
+    report = format_report([row], reads, 2, 1000, 60, 80, (64, 96))
+    assert "| efficientnet_lite0 | 112 |" in report and "one scale (96)" in report
