@@ -136,7 +136,9 @@ class SPPFeatureExtractor:
         total = 0
         for factor in image_scale_factors(height, width, self.config.scales).tolist():
             rows, cols = (math.ceil(max(1, round(side * factor)) / self.backbone.stride) for side in (height, width))
-            total += self.backbone.channels * (rows * cols * CACHE_PRECISIONS[self.config.cache_precision] + 4)
+            total += self.backbone.channels * rows * cols * CACHE_PRECISIONS[self.config.cache_precision]
+            if self.config.cache_precision == "int8":
+                total += 4 * self.backbone.channels  # the float32 step of each channel
         return total
 
     def pool(self, maps: list[torch.Tensor], boxes: np.ndarray, image_size: tuple[int, int],

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from detection.core.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
 from detection.detector import FEATURE_LAYERS
@@ -102,3 +103,25 @@ def config_from_args(args: argparse.Namespace) -> SPPConfig:
         bbox={"enabled": not args.no_bbox_reg, "ridge_lambda": args.bbox_lambda,
               "min_overlap": args.bbox_min_overlap},
     )
+
+
+SHOWN_WARNINGS = 10  # skipped boxes listed one per line; the rest are counted
+
+
+def add_images_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", metavar="DIR", default=None,
+                        help="the image folder, when --data is a COCO annotation .json (one split; --split is "
+                             "then not used)")
+
+
+def load_data(args: argparse.Namespace, classes: tuple[str, ...] | None = None):
+    """The data set of --data/--split/--images; prints its summary line and a warning per skipped box."""
+    from detection.data.load import load_dataset
+
+    dataset = load_dataset(args.data, args.split, images=args.images, classes=classes)
+    print(f"data: {dataset.root} ({dataset.split}): {dataset.summary()}")
+    for line in dataset.skipped_boxes[:SHOWN_WARNINGS]:
+        print(f"warning: {line}", file=sys.stderr)
+    if len(dataset.skipped_boxes) > SHOWN_WARNINGS:
+        print(f"warning: and {len(dataset.skipped_boxes) - SHOWN_WARNINGS} more boxes skipped", file=sys.stderr)
+    return dataset

@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from detection.data.demo import make_demo_dataset
+from detection.data.demo import DEMO_CLASSES, make_demo_dataset
 from detection.evaluation.voc_eval import format_ap_table
 from detection.runs.test import test_model
 from detection.training.trainer import Trainer
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     voc = make_demo_dataset(out / "data", num_trainval=args.num_images, num_test=args.num_images, seed=args.seed)
     print(f"demo dataset: {voc}")
-    train_set = VOCDataset(voc, "trainval")
+    train_set = VOCDataset(voc, "trainval", classes=DEMO_CLASSES)  # all five, even if a small split lacks one
     trainer = Trainer(config_from_args(args), out / "train", device=args.device, workers=args.workers,
                       progress=not args.quiet)
     detector = trainer.train(train_set)

@@ -6,15 +6,17 @@ from pathlib import Path
 
 from detection.core.cache import Cache
 from detection.detector import Detector
-from detection.evaluation.voc_eval import format_ap_table
+from detection.evaluation.results import format_metrics
 from detection.runs.test import test_model
-from detection.data.voc import VOCDataset
-from tools.common import add_runtime_arguments
+from tools.common import add_images_argument, add_runtime_arguments, load_data
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="a VOC-format directory (VOC2007 itself or a VOCdevkit)")
+    parser.add_argument("--data", required=True,
+                        help="a VOC-format directory (VOC2007 itself or a VOCdevkit), or a COCO annotation .json "
+                             "with --images")
     parser.add_argument("--split", default="test", help="(default: %(default)s)")
+    add_images_argument(parser)
     parser.add_argument("--model", required=True, help="model.pt written by `sppnet train`")
     parser.add_argument("--out", required=True, help="output directory: results/, metrics.json")
     parser.add_argument("--metric", choices=("voc07", "voc10"), default="voc07",
@@ -27,10 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cache = Cache(args.cache_dir or Path(args.out) / "cache")
     detector = Detector.load(args.model, device=args.device, cache=cache)
-    dataset = VOCDataset(args.data, args.split, classes=detector.classes)
+    dataset = load_data(args, classes=detector.classes)
     metrics = test_model(detector, dataset, args.out, cache, metric=args.metric, workers=args.workers,
                          progress=not args.quiet)
-    print(format_ap_table(metrics))
+    print(format_metrics(metrics))
     if cache.stale:
         print(f"{len(cache.stale)} stale cache entries recomputed (computed from other image files than these)")
     for reason in metrics.get("failed_images", {}).values():

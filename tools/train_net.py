@@ -10,11 +10,12 @@ import argparse
 
 from detection.training.stages import STAGES, parse_stages
 from detection.training.trainer import Trainer
-from detection.data.voc import VOCDataset
 from tools.common import (
     add_config_arguments,
+    add_images_argument,
     add_runtime_arguments,
     config_from_args,
+    load_data,
     parse_classes,
 )
 
@@ -27,24 +28,27 @@ def _stages(text: str) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="a VOC-format directory (VOC2007 itself or a VOCdevkit)")
+    parser.add_argument("--data", required=True,
+                        help="a VOC-format directory (VOC2007 itself or a VOCdevkit), or a COCO annotation .json "
+                             "with --images")
     parser.add_argument("--split", default="trainval", help="ImageSets/Main split to train on (default: %(default)s)")
     parser.add_argument("--work-dir", required=True, help="output directory: model.pt, train.log, caches under cache/")
     parser.add_argument("--stages", type=_stages, default=STAGES,
                         help=f"comma-separated stages to run, in pipeline order (default: {','.join(STAGES)}); "
                              "the others' outputs are read from the cache")
     parser.add_argument("--classes", type=parse_classes, default=None,
-                        help="comma-separated class names (default: VOC's 20, or the names found in the annotations)")
+                        help="comma-separated class names; objects of other classes are ignored (default: VOC's 20, "
+                             "or the names found in the split's annotations)")
+    add_images_argument(parser)
     add_config_arguments(parser)
     add_runtime_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    dataset = VOCDataset(args.data, args.split, classes=args.classes)
+    dataset = load_data(args, classes=args.classes)
     trainer = Trainer(config_from_args(args), args.work_dir, device=args.device, workers=args.workers,
                       progress=not args.quiet)
     detector = trainer.train(dataset, stages=args.stages)
     if detector is not None:
-        print(f"trained on {len(dataset)} images of {dataset.root} ({args.split}), "
-              f"{len(dataset.classes)} classes -> {trainer.work_dir / 'model.pt'}")
+        print(f"trained on {dataset.root} ({dataset.split}): {dataset.summary()} -> {trainer.work_dir / 'model.pt'}")
     return 0

@@ -69,6 +69,26 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, mi
     return array
 
 
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90°
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) of the array :func:`load_image` decodes, read from the file's header alone.
+
+    None when the file is missing or its header cannot be read (:func:`load_image` then says why).
+    A PNG whose EXIF chunk comes after its pixels counts as unrotated: finding that chunk would
+    mean decoding the whole image.
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            late_png_exif = image.format == "PNG" and "exif" not in image.info
+            orientation = None if late_png_exif else image.getexif().get(0x0112)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
+
+
 def as_rgb_array(image, name: str = "<array>") -> np.ndarray:
     """A path, PIL image or (H, W[, C]) array -> (H, W, 3) uint8 RGB."""
     if isinstance(image, (str, os.PathLike)):
