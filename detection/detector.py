@@ -18,15 +18,17 @@ Feature layers (``config.svm.feature_layer``, the rows of the paper's Table 9):
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from detection.core.boxes import apply_bbox_deltas, batched_nms, clip_boxes
 from detection.core.cache import Cache, atomic_write_bytes
-from detection.core.config import SPPConfig
+from detection.core.config import FEATURE_LAYERS, TEST_TIME_SECTIONS, ConfigError, SPPConfig
 from detection.core.errors import SppnetError
 from detection.core.hashing import state_hash
 from detection.core.images import as_rgb_array
@@ -39,11 +41,34 @@ from svm.bbox_regression import BoxRegressor
 
 MODEL_FORMAT = 2  # 2: fc head, feature layer and the pool5 scale of box regression
 
-FEATURE_LAYERS = ("pool5", "fc6", "fc7", "ftfc6", "ftfc7")
+
+class DeviceError(SppnetError, ValueError):
+    """A device that this machine does not have."""
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """"auto" (or None): CUDA when available, else the CPU; otherwise the device named, which must exist.
+
+    Raises DeviceError (one line) for a CUDA device on a machine without CUDA or without that GPU.
+    """
+    if device is None or device == "auto":
+        return torch.device(default_device())
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise DeviceError(f"unknown device {device!r} ({err}); use auto, cpu or cuda") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeviceError(f"device {str(device)!r} requested but {why}; use cpu or auto")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {str(device)!r} requested but there are only "
+                              f"{torch.cuda.device_count()} CUDA GPUs")
+    return resolved
 
 
 def weights_id(backbone: Backbone) -> str:
@@ -106,7 +131,7 @@ class Detector:
 
     def __init__(self, config: SPPConfig, classes: tuple[str, ...], backbone: Backbone,
                  svm_weights: np.ndarray, svm_bias: np.ndarray, feature_scale: float,
-                 regressor: BoxRegressor | None = None, device: str | torch.device | None = None,
+                 regressor: BoxRegressor | None = None, device: str | torch.device | None = "auto",
                  cache: Cache | None = None, head: FCHead | None = None, bbox_feature_scale: float | None = None):
         if (head_layer(config.svm.feature_layer) is None) != (head is None):
             raise ValueError(f"feature layer {config.svm.feature_layer} needs "
@@ -115,7 +140,7 @@ class Detector:
             raise ValueError("a box regressor comes with the pool5 feature scale it was trained on")
         self.config = config
         self.classes = tuple(classes)
-        self.device = torch.device(device or default_device())
+        self.device = resolve_device(device)
         self.extractor = build_extractor(backbone, config.features, self.device, cache=cache,
                                          weights_id=weights_id(backbone))
         self.head = None if head is None else head.to(self.device).eval()
@@ -215,7 +240,13 @@ class Detector:
         atomic_write_bytes(Path(path), buffer.getvalue())
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None, cache: Cache | None = None) -> Detector:
+    def load(cls, path: str | Path, device: str | torch.device | None = "auto", cache: Cache | None = None,
+             overrides: Mapping[str, Any] | None = None) -> Detector:
+        """The detector saved in ``path``, on ``device`` ("auto": CUDA when available, else the CPU).
+
+        ``overrides``: dotted test-time options replacing the model's (``{"test.nms_iou": 0.4}``),
+        only ``proposals.*`` and ``test.*`` (see :meth:`SPPConfig.override`); a bad one raises ConfigError.
+        """
         path = Path(path)
         if not path.is_file():
             raise ModelFileError(f"{path}: model file not found (train one with `sppnet train`)")
@@ -225,7 +256,11 @@ class Detector:
             raise ModelFileError(f"{path}: not an sppnet model file ({type(err).__name__}: {err})") from None
         if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
             raise ModelFileError(f"{path}: not an sppnet model file of format {MODEL_FORMAT}")
-        config = SPPConfig.from_dict(state["config"])
+        try:
+            config = SPPConfig.from_dict(state["config"])
+        except ConfigError as err:
+            raise ModelFileError(f"{path}: its config does not fit this version of sppnet: {err}") from None
+        config = config.override(overrides or {}, sections=TEST_TIME_SECTIONS)
         backbone = build_backbone(state["backbone"], pretrained=False)
         backbone.load_state_dict(state["backbone_state"])
         regressor = None if state["regressor"] is None else BoxRegressor.from_state(state["regressor"])

@@ -52,9 +52,6 @@ class SPPFeatureExtractor:
         self.config = config
         self.device = torch.device(device)
         self.cache = cache
-        if config.cache_precision not in CACHE_PRECISIONS:
-            raise ValueError(f"unknown cache precision {config.cache_precision!r}; choose one of "
-                             f"{', '.join(CACHE_PRECISIONS)}")
         self.conv_fingerprint = conv_fingerprint(backbone.name, weights_id, config)
         if cache is not None:
             cache.describe(CONV_STAGE, self.conv_fingerprint,

@@ -10,7 +10,7 @@ import torch
 
 import detection.core.cache as cache_module
 from detection.core.cache import Cache, CacheSpaceError
-from detection.core.config import FIVE_SCALES, FeatureConfig, SPPConfig, fingerprint
+from detection.core.config import FIVE_SCALES, ConfigError, FeatureConfig, SPPConfig, fingerprint
 from detection.core.hashing import file_sha1, state_hash
 from detection.data.demo import make_demo_dataset
 from detection.data.voc import VOCDataset
@@ -181,8 +181,8 @@ def test_cache_precision_is_an_option(tmp_path):
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)
     assert config_from_args(parser.parse_args(["--cache-precision", "int8"])).features.cache_precision == "int8"
-    with pytest.raises(ValueError, match="unknown cache precision"):
-        SPPFeatureExtractor(build_backbone("zf5", pretrained=False), FeatureConfig(cache_precision="int4"))
+    with pytest.raises(ConfigError, match="cache_precision"):
+        FeatureConfig(cache_precision="int4")
 
 
 # -- the free-disk check -------------------------------------------------------------------------

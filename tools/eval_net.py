@@ -10,9 +10,6 @@ import argparse
 import json
 from pathlib import Path
 
-from detection.core.cache import atomic_write_bytes
-from detection.evaluation.results import METRICS, evaluate_results, format_metrics, read_results
-from detection.evaluation.voc_eval import class_curves
 from tools.common import add_images_argument, load_data, parse_classes
 
 EPILOG = """\
@@ -36,17 +33,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True,
                         help="a VOC-format directory (VOC2007 itself or a VOCdevkit), or a COCO annotation .json "
                              "with --images")
-    parser.add_argument("--split", default="test", help="(default: %(default)s)")
+    parser.add_argument("--split", default="test", help="ImageSets/Main split to evaluate on (default: %(default)s)")
     add_images_argument(parser)
     parser.add_argument("--results", required=True,
                         help="directory of comp4_det_<split>_<class>.txt files, or a COCO detections .json")
-    parser.add_argument("--metric", choices=METRICS, default="voc07")
+    parser.add_argument("--metric", choices=("voc07", "voc10", "coco"), default="voc07",
+                        help="voc07, voc10 or coco: see below (default: %(default)s)")
     parser.add_argument("--classes", type=parse_classes, default=None, help="comma-separated class names")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the metrics as JSON here")
     parser.add_argument("--plot", metavar="DIR", default=None, help="write precision-recall curves as PNG here")
 
 
 def run(args: argparse.Namespace) -> int:
+    from detection.core.cache import atomic_write_bytes
+    from detection.evaluation.results import evaluate_results, format_metrics, read_results
+    from detection.evaluation.voc_eval import class_curves
+
     dataset = load_data(args, classes=args.classes)
     results = read_results(args.results, dataset)
     metrics = evaluate_results(dataset, results, metric=args.metric)

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from detection.core.config import DEFAULT_MAX_PIXELS
 from detection.core.errors import SppnetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-DEFAULT_MAX_PIXELS = 100_000_000
 
 
 class ImageError(SppnetError, ValueError):

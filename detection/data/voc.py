@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from detection.data.records import (  # noqa: F401  (ImageRecord, DatasetError: imported from here too)
+from detection.data.records import (
     Dataset,
     DatasetError,
-    ImageRecord,
     check_spelling,
     checked_names,
 )
