@@ -223,8 +223,8 @@ class Cache:
         free = shutil.disk_usage(probe).free
         if needed_bytes > free:
             raise CacheSpaceError(f"{what} needs about {_gigabytes(needed_bytes)} of cache under {self.root}, "
-                                  f"but only {_gigabytes(free)} is free there; free some space or pass "
-                                  "another cache directory")
+                                  f"but only {_gigabytes(free)} is free there; free some space or put the cache "
+                                  "on another disk")
 
 
 def _gigabytes(n: int) -> str:
