@@ -65,7 +65,7 @@ class ProposalStore:
             self.cache.put(STAGE, self.fingerprint, key, {"boxes": boxes.astype(np.float32)}, source=source)
 
     def has(self, key: str, source: str | None) -> bool:
-        """Whether boxes of ``key`` computed from the file whose hash is ``source`` (:meth:`Cache.source`) are cached."""
+        """Whether boxes of ``key`` computed from the file whose hash is ``source`` are cached."""
         return source is not None and self.cache.has(STAGE, self.fingerprint, key, source=source)
 
     def get(self, key: str, image_path: PathLike) -> np.ndarray:
