@@ -125,7 +125,7 @@ def run_ablation(config: SPPConfig, train_set: VOCDataset, test_set: VOCDataset,
                               cache_dir=out_dir / "cache")
             detector = trainer.train(train)
             if test_conv_s is None:
-                test_conv_s = _fill_test_maps(detector, test)
+                test_conv_s = _fill_test_maps(detector, test, cache)
             start = time.perf_counter()
             detections, _ = detect_dataset(detector, test, cache, workers=workers, progress=progress)
             metrics = evaluate_detections(test, detections)
@@ -140,11 +140,11 @@ def run_ablation(config: SPPConfig, train_set: VOCDataset, test_set: VOCDataset,
     return AblationResult(proposals_s, results)
 
 
-def _fill_test_maps(detector, test_set: VOCDataset) -> float:
+def _fill_test_maps(detector, test_set: VOCDataset, cache: Cache) -> float:
     """Compute the test images' conv maps into the detector's cache, so that testing times only detection."""
     start = time.perf_counter()
     for record in test_set:
-        record_maps(detector, record, detector.extractor.cache.source(record.path))
+        record_maps(detector, record, cache.source(record.path))
     return time.perf_counter() - start
 
 
