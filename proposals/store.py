@@ -31,6 +31,11 @@ def with_ground_truth(proposals: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray
     return np.concatenate([gt, np.asarray(proposals, dtype=np.float64).reshape(-1, 4)])
 
 
+def proposal_bytes(config: ProposalConfig) -> int:
+    """An upper bound on one image's cached boxes, in bytes: ``max_proposals`` float32 boxes and a header."""
+    return 16 * max(0, config.max_proposals) + 512
+
+
 def _proposals_for_file(item: tuple[str, PathLike], config: ProposalConfig,
                         precomputed: PrecomputedProposals | None = None) -> tuple[np.ndarray | None, str | None]:
     """Read the image of one (key, path) and run selective search (or look its key up in ``precomputed``)
@@ -70,39 +75,48 @@ class ProposalStore:
             described = {"stage": STAGE, "precomputed": str(precomputed.path)}
         cache.describe(STAGE, self.fingerprint, described)
 
-    def _cached(self, key: str) -> np.ndarray | None:
-        entry = self.cache.get(STAGE, self.fingerprint, key)
+    def _cached(self, key: str, source: str | None) -> np.ndarray | None:
+        """The cached boxes of ``key`` if they were computed from the file whose hash is ``source``."""
+        entry = None if source is None else self.cache.get(STAGE, self.fingerprint, key, source=source)
         return None if entry is None else entry["boxes"].astype(np.float64)
 
-    def _store(self, key: str, boxes: np.ndarray) -> None:
-        # boxes are whole pixel indices, exact in float32 at half the disk space
-        self.cache.put(STAGE, self.fingerprint, key, {"boxes": boxes.astype(np.float32)})
+    def _store(self, key: str, source: str | None, boxes: np.ndarray) -> None:
+        if source is not None:  # None: the file could not be hashed, so the entry could never be checked
+            # boxes are whole pixel indices, exact in float32 at half the disk space
+            self.cache.put(STAGE, self.fingerprint, key, {"boxes": boxes.astype(np.float32)}, source=source)
+
+    def has(self, key: str, source: str | None) -> bool:
+        """Whether boxes of ``key`` computed from the file whose hash is ``source`` are cached."""
+        return source is not None and self.cache.has(STAGE, self.fingerprint, key, source=source)
 
     def get(self, key: str, image_path: PathLike) -> np.ndarray:
         """(N, 4) float64 boxes for one image, computed and cached on first use.
 
-        Raises :class:`ImageError` when the image cannot be read, :class:`ProposalFileError` when
-        the precomputed proposals lack it.
+        The cached boxes are used only when they were computed from a file with the same content
+        as ``image_path`` now (:meth:`Cache.source`). Raises :class:`ImageError` when the image
+        cannot be read, :class:`ProposalFileError` when the precomputed proposals lack it.
         """
-        boxes = self._cached(key)
+        source = self.cache.source(image_path)
+        boxes = self._cached(key, source)
         if boxes is None:
             boxes = propose(key, load_image(image_path), self.config, self.precomputed)
-            self._store(key, boxes)
+            self._store(key, source, boxes)
         return boxes
 
     def compute_all(self, items: list[tuple[str, PathLike]],
                     progress: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Boxes for every (key, image path): key -> (N, 4) float64, and key -> failure reason.
 
-        Cached keys are only read from the cache. The others are computed (in ``workers``
-        processes when more than one) and each is cached as soon as it is done, so an interrupted
-        run keeps its finished images. An unreadable image is reported in the failures and does
-        not stop the others.
+        Keys cached from files with the images' current content are only read from the cache. The
+        others (stale entries included) are computed (in ``workers`` processes when more than one)
+        and each is cached as soon as it is done, so an interrupted run keeps its finished images.
+        An unreadable image is reported in the failures and does not stop the others.
         """
         found: dict[str, np.ndarray] = {}
+        sources = {key: self.cache.source(path) for key, path in items}
         missing: list[tuple[str, PathLike]] = []
         for key, path in items:
-            cached = self._cached(key)
+            cached = self._cached(key, sources[key])
             if cached is None:
                 missing.append((key, path))
             else:
@@ -112,7 +126,7 @@ class ProposalStore:
         with bar:
             for key, boxes, reason in self._compute(missing):
                 if reason is None:
-                    self._store(key, boxes)
+                    self._store(key, sources[key], boxes)
                     found[key] = boxes
                 else:
                     failures[key] = reason

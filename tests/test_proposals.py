@@ -143,7 +143,7 @@ def test_store_caches_and_second_run_reads_no_image(tmp_path, image_items, monke
     for key, boxes in first.items():
         assert again[key].dtype == np.float64
         np.testing.assert_array_equal(again[key], boxes)
-        np.testing.assert_array_equal(store.get(key, image_items[0][1]), boxes)
+        np.testing.assert_array_equal(store.get(key, dict(image_items)[key]), boxes)
 
 
 def test_store_get_computes_once_and_raises_for_a_bad_image(tmp_path, image_items):
@@ -151,7 +151,7 @@ def test_store_get_computes_once_and_raises_for_a_bad_image(tmp_path, image_item
     key, path = image_items[0]
     boxes = store.get(key, path)
     assert_valid_boxes(boxes, 120, 90)
-    assert store.cache.has("proposals", store.fingerprint, key)
+    assert store.has(key, store.cache.source(path))
     with pytest.raises(ImageError, match="broken.jpg"):
         store.get(*image_items[-1])
 
@@ -169,8 +169,9 @@ def test_an_interrupted_run_keeps_the_images_it_finished(tmp_path, image_items, 
     store = ProposalStore(Cache(tmp_path / "cache"), CONFIG)
     with pytest.raises(KeyboardInterrupt):
         store.compute_all(image_items[:3], progress=False)
-    assert store.cache.has("proposals", store.fingerprint, "img0")
-    assert not store.cache.has("proposals", store.fingerprint, "img1")
+    sources = {key: store.cache.source(path) for key, path in image_items}
+    assert store.has("img0", sources["img0"])
+    assert not store.has("img1", sources["img1"])
 
 
 def test_two_workers_match_one_and_survive_a_corrupt_image(tmp_path, image_items):
@@ -182,10 +183,10 @@ def test_two_workers_match_one_and_survive_a_corrupt_image(tmp_path, image_items
     assert set(parallel) == set(serial) == {"img0", "img1", "img2"}
     for key in serial:
         np.testing.assert_array_equal(parallel[key], serial[key])
-        assert parallel_store.cache.has("proposals", parallel_store.fingerprint, key)
+        assert parallel_store.has(key, parallel_store.cache.source(dict(items)[key]))
     assert parallel_failures == serial_failures
     assert "broken.jpg" in parallel_failures["broken"] and "\n" not in parallel_failures["broken"]
-    assert not parallel_store.cache.has("proposals", parallel_store.fingerprint, "broken")
+    assert not parallel_store.has("broken", parallel_store.cache.source(dict(items)["broken"]))
 
 
 def test_load_rcnn_proposals_converts_one_based_yx_to_zero_based_xy(tmp_path):
@@ -396,11 +397,11 @@ def test_train_test_and_detect_take_proposals_from_the_command_line(tmp_path, ca
     assert len(failed.strip().splitlines()) == 4 + 1  # trainval images and the third test image
 
 
-def propose_or_crash(item, config):
+def propose_or_crash(item, config, precomputed=None):
     """As the store's worker function, but the worker dies (as on a decoder segfault) on an image named crash*."""
     if Path(item[1]).name.startswith("crash"):
         os.kill(os.getpid(), signal.SIGKILL)
-    return store_module._proposals_for_file(item, config)
+    return store_module._proposals_for_file(item, config, precomputed)
 
 
 def test_a_dead_worker_fails_its_images_and_the_store_goes_on(tmp_path, image_items, monkeypatch):
@@ -411,4 +412,4 @@ def test_a_dead_worker_fails_its_images_and_the_store_goes_on(tmp_path, image_it
     assert "crash" in failures and failures["crash"].startswith(f"{crash}: a worker process died")
     # images in flight beside it may fail with it; each is either found or reported, and found ones are cached
     assert set(found) | set(failures) == {"img0", "img1", "img2", "crash"}
-    assert all(store.cache.has("proposals", store.fingerprint, key) for key in found)
+    assert all(store.has(key, store.cache.source(path)) for key, path in image_items[:3] if key in found)

@@ -121,6 +121,9 @@ MODEL_FLAGS = (
     ConfigFlag("--projection", "features.projection",
                "window-to-feature-map rule: the paper's appendix or the official code"),
     ConfigFlag("--pyramid", "features.pyramid_levels", "spatial pyramid levels, comma-separated", type=parse_int_list),
+    ConfigFlag("--cache-precision", "features.cache_precision",
+               "how the conv cache stores maps: float16, or int8 per channel at half the disk "
+               "(values within max|x|/254 of the computed ones)"),
     ConfigFlag("--proposal-mode", "proposals.mode",
                "selective search: rcnn_fast (R-CNN's fast mode: k 50, 100), opencv_fast (OpenCV's: k 150, 300, 450) "
                "or quality (more windows, slower)"),

@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     metrics = test_model(detector, dataset, args.out, cache, metric=args.metric, workers=args.workers,
                          progress=not args.quiet, proposals=precomputed_from_args(args))
     print(format_metrics(metrics))
+    if cache.stale:
+        print(f"{len(cache.stale)} stale cache entries recomputed (computed from other image files than these)")
     for reason in metrics.get("failed_images", {}).values():
         print(f"failed: {reason}")
     return 1 if metrics.get("failed_images") else 0

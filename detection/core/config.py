@@ -46,6 +46,7 @@ PaperOrOfficial = Literal["paper", "official"]  # a rule where the paper and the
 FeatureLayer = Literal["pool5", "fc6", "fc7", "ftfc6", "ftfc7"]  # what the SVMs read: the rows of Table 9 (§7)
 ScheduleName = Literal["official", "paper"]  # keys of SCHEDULES
 ScaleSampling = Literal["random", "chosen"]
+CachePrecision = Literal["float16", "int8"]  # how the conv cache stores maps (features/extractor.py)
 Stage = Literal["proposals", "conv", "finetune", "svm", "bbox"]  # the training stages, in pipeline order
 CacheDtype = Literal["float32", "float16"]  # storage of the SVMs' cached hard negatives (§7)
 
@@ -164,6 +165,11 @@ class FeatureConfig(_Section):
     projection: PaperOrOfficial = "paper"
     official_offset: float = 6.5
     pyramid_levels: tuple[int, ...] = (1, 2, 3, 6)  # §3: 50 bins
+    # How the conv cache stores maps (§4: the official cache is compressed, about 20 GB for VOC07;
+    # not a paper setting): "float16" every value in fp16; "int8" each channel of each scale in 8-bit
+    # steps of max|x|/127, half the disk (VOC07 trainval + flips at 5 scales: 19 GB instead of 38
+    # with efficientnet_lite0), values within max|x|/254 of the computed ones (then held in fp16).
+    cache_precision: CachePrecision = "float16"
     rcnn_context: int = 16  # R-CNN mode: pixels of context around each window before warping
     rcnn_batch_size: int = 128  # R-CNN mode: warped windows per conv batch
 

@@ -22,10 +22,9 @@ import torch
 from detection.core.cache import Cache, atomic_write_bytes
 from detection.core.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
 from detection.evaluation.voc_eval import evaluate_detections
-from detection.core.images import load_image
 from detection.data.demo import DEMO_CLASSES, make_demo_dataset
 from detection.data.realistic import REALISTIC_CLASSES, make_realistic_dataset
-from detection.runs.test import detect_dataset
+from detection.runs.test import detect_dataset, record_maps
 from detection.training.trainer import Trainer
 from detection.data.voc import VOCDataset
 from proposals.store import ProposalStore
@@ -148,7 +147,7 @@ def run_ablation(config: SPPConfig, train_set: VOCDataset, test_set: VOCDataset,
                               cache_dir=out_dir / "cache")
             detector = trainer.train(train)
             if test_conv_s is None:
-                test_conv_s = _fill_test_maps(detector, test)
+                test_conv_s = _fill_test_maps(detector, test, cache)
             start = time.perf_counter()
             detections, _ = detect_dataset(detector, test, cache, workers=workers, progress=progress)
             metrics = evaluate_detections(test, detections)
@@ -163,11 +162,11 @@ def run_ablation(config: SPPConfig, train_set: VOCDataset, test_set: VOCDataset,
     return AblationResult(proposals_s, results)
 
 
-def _fill_test_maps(detector, test_set: VOCDataset) -> float:
+def _fill_test_maps(detector, test_set: VOCDataset, cache: Cache) -> float:
     """Compute the test images' conv maps into the detector's cache, so that testing times only detection."""
     start = time.perf_counter()
     for record in test_set:
-        detector.extractor.maps(record.image_id, lambda r=record: load_image(r.path))
+        record_maps(detector, record, cache.source(record.path))
     return time.perf_counter() - start
 
 
