@@ -36,6 +36,7 @@ from features.extractor import build_extractor
 from features.head import FCHead
 from proposals.selective_search import selective_search
 from svm.bbox_regression import BoxRegressor
+from svm.calibration import PlattScaling
 
 MODEL_FORMAT = 2  # 2: fc head, feature layer and the pool5 scale of box regression
 
@@ -111,12 +112,15 @@ class Detector:
     ``svm_weights`` (K, D') and ``svm_bias`` (K,) score the features of ``config.svm.feature_layer``
     (computed by ``head`` unless pool5) times ``feature_scale``; ``regressor`` maps pool5 features
     times ``bbox_feature_scale`` to (dx, dy, dw, dh) per class, or is None when box regression is off.
+    ``calibration`` turns each detection's margin into a probability (``Detections.probabilities``);
+    a model trained before calibration existed has none and gives margins only.
     """
 
     def __init__(self, config: SPPConfig, classes: tuple[str, ...], backbone: Backbone,
                  svm_weights: np.ndarray, svm_bias: np.ndarray, feature_scale: float,
                  regressor: BoxRegressor | None = None, device: str | torch.device | None = None,
-                 cache: Cache | None = None, head: FCHead | None = None, bbox_feature_scale: float | None = None):
+                 cache: Cache | None = None, head: FCHead | None = None, bbox_feature_scale: float | None = None,
+                 calibration: PlattScaling | None = None):
         if (head_layer(config.svm.feature_layer) is None) != (head is None):
             raise ValueError(f"feature layer {config.svm.feature_layer} needs "
                              f"{'an fc head' if head is None else 'no fc head'}")
@@ -133,6 +137,9 @@ class Detector:
         self.feature_scale = float(feature_scale)
         self.regressor = regressor
         self.bbox_feature_scale = None if bbox_feature_scale is None else float(bbox_feature_scale)
+        if calibration is not None and len(calibration.coef_) != len(self.classes):
+            raise ValueError(f"calibration has {len(calibration.coef_)} classes, the detector {len(self.classes)}")
+        self.calibration = calibration
 
     @property
     def backbone(self) -> Backbone:
@@ -180,10 +187,17 @@ class Detector:
         return Detections(det_boxes[top], det_scores[top], label[top].astype(np.int64))
 
     # -- whole images -------------------------------------------------------------------------
+    def with_probabilities(self, dets: Detections) -> Detections:
+        """``dets`` with each margin's calibrated probability filled in (unchanged without a calibration)."""
+        if self.calibration is None:
+            return dets
+        probabilities = self.calibration.predict_proba(dets.scores, dets.labels)
+        return Detections(dets.boxes, dets.scores, dets.labels, probabilities)
+
     def detect_with_maps(self, maps: list[torch.Tensor], proposals: np.ndarray,
                          image_size: tuple[int, int]) -> Detections:
         features = self.features(maps, proposals, image_size)
-        return self.postprocess(proposals, self.score(features), features, image_size)
+        return self.with_probabilities(self.postprocess(proposals, self.score(features), features, image_size))
 
     def detect(self, image, proposals: np.ndarray | None = None) -> Detections:
         """An image (path, PIL image or (H, W, 3) uint8 RGB array) -> its detections.
@@ -216,6 +230,8 @@ class Detector:
             "head": None if self.head is None else {k: v.cpu() for k, v in self.head.state_dict().items()},
             "regressor": None if self.regressor is None else self.regressor.to_state(),
             "bbox_feature_scale": self.bbox_feature_scale,
+            "calibration": None if self.calibration is None else {
+                k: torch.from_numpy(v) for k, v in self.calibration.to_state().items()},
         }
 
     def save(self, path: str | Path) -> None:
@@ -239,6 +255,10 @@ class Detector:
         backbone.load_state_dict(state["backbone_state"])
         regressor = None if state["regressor"] is None else BoxRegressor.from_state(state["regressor"])
         head = None if state["head"] is None else head_from_state(state["head"])
+        # absent from model files written before calibration existed: they give margins only
+        calibration = state.get("calibration")
+        calibration = None if calibration is None else PlattScaling.from_state(
+            {k: v.numpy() for k, v in calibration.items()})
         return cls(config, tuple(state["classes"]), backbone, state["svm_weights"].numpy(),
                    state["svm_bias"].numpy(), state["feature_scale"], regressor, device=device, cache=cache,
-                   head=head, bbox_feature_scale=state["bbox_feature_scale"])
+                   head=head, bbox_feature_scale=state["bbox_feature_scale"], calibration=calibration)

@@ -60,7 +60,9 @@ def _label(canvas: np.ndarray, text: str, x: int, y_top: int, colour, scale: flo
 def draw_detections(image: np.ndarray, dets: Detections, classes: Sequence[str]) -> np.ndarray:
     """A copy of ``image`` (H, W, 3) uint8 RGB with each box, its class name and score drawn.
 
-    Line width and text size follow the image size; the highest scores are drawn last, on top.
+    The score shown is the probability when the detections have one, else the margin
+    (``Detections.confidences``). Line width and text size follow the image size; the highest
+    scores are drawn last, on top.
     Each tag sits above its box, or inside it when the box touches the top of the image.
     """
     canvas = np.ascontiguousarray(image, dtype=np.uint8).copy()
@@ -69,11 +71,12 @@ def draw_detections(image: np.ndarray, dets: Detections, classes: Sequence[str])
     scale = float(np.clip(short_side / 700, 0.4, 1.5))
     text_thickness = max(1, round(scale * 1.5))
     tag_height = cv2.getTextSize("Ag", FONT, scale, text_thickness)[0][1] * 1.6
-    for i in np.argsort(np.asarray(dets.scores), kind="stable"):
+    confidences = dets.confidences
+    for i in np.argsort(confidences, kind="stable"):
         x1, y1, x2, y2 = (round(float(v)) for v in dets.boxes[i])
         colour = class_colour(int(dets.labels[i]))
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, line, cv2.LINE_AA)
-        text = _ascii(f"{classes[int(dets.labels[i])]} {float(dets.scores[i]):.2f}")
+        text = _ascii(f"{classes[int(dets.labels[i])]} {float(confidences[i]):.2f}")
         top = y1 - tag_height if y1 >= tag_height else y1 + line
         _label(canvas, text, x1, int(top), colour, scale, text_thickness)
     return canvas

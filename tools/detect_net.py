@@ -15,6 +15,7 @@ from detection.runs.batch import (
     share_cores,
 )
 from detection.detector import Detector, default_device
+from detection.core.config import SPPConfig
 from detection.core.images import DEFAULT_MAX_PIXELS
 from tools.common import add_runtime_arguments, parse_classes
 
@@ -41,7 +42,11 @@ outputs under --out:
   run.json           the model's hash and the filters: a rerun into the same --out with
                      another model or other filters is refused rather than mixed in
   Scores are SVM margins (0 = the decision boundary); the model keeps those above its own
-  threshold (config test.score_threshold, -1.5 by default); --score-thresh raises it.
+  threshold (config test.score_threshold, -1.5 by default); --score-thresh raises it. A model
+  trained with calibration also gives each detection a probability in [0, 1] ("probability" in
+  predictions.jsonl, the COCO "score"; the margin is then the COCO "margin"), and only those of
+  probability >= --min-prob (default 0.5, config test.detect_min_probability) are kept; the
+  pictures show the probability. A model without calibration gives margins only.
 
 skipped and failed images:
   An image that cannot be used (missing, empty, corrupt, truncated, not an image, a shorter
@@ -88,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory (see below)")
     parser.add_argument("--score-thresh", type=float, default=None, metavar="S",
                         help="keep detections scoring at least S (default: the model's threshold)")
+    parser.add_argument("--min-prob", type=float, default=None, metavar="P",
+                        help="keep detections of calibrated probability at least P (default: "
+                             f"{SPPConfig().test.detect_min_probability} for a calibrated model; 0 keeps all)")
     parser.add_argument("--topk", type=int, default=None, metavar="K", help="keep the K best detections per image")
     parser.add_argument("--classes", type=parse_classes, default=None, metavar="A,B",
                         help="keep only these classes (comma-separated names)")
@@ -128,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     if detector.device.type == "cpu":
         share_cores(args.workers)
     keep = DetectionFilter(args.score_thresh, args.topk,
-                           class_indices(args.classes, detector.classes) if args.classes else None)
+                           class_indices(args.classes, detector.classes) if args.classes else None,
+                           min_probability(args.min_prob, detector))
     paths = find_images(args.inputs, args.list)
     if not paths:
         raise BatchError(f"no image files found in {' '.join(args.inputs) or args.list}")
@@ -150,11 +159,26 @@ def run(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def min_probability(requested: float | None, detector: Detector) -> float | None:
+    """--min-prob, or the config's default for a calibrated model; None for a model without calibration."""
+    if detector.calibration is None:
+        if requested is not None:
+            raise BatchError("--min-prob: this model has no calibration (margins only); use --score-thresh, "
+                             "or retrain it to get probabilities")
+        return None
+    if requested is None:
+        return detector.config.test.detect_min_probability
+    if not 0 <= requested <= 1:
+        raise BatchError(f"--min-prob: a probability in [0, 1], got {requested}")
+    return requested
+
+
 def _open_output(args: argparse.Namespace, index: int, count: int) -> OutputDir:
     """The --out directory of shard ``index`` of ``count``, checked against the settings it was made with."""
     out = OutputDir(Path(args.out), index, count)
     out.root.mkdir(parents=True, exist_ok=True)
     out.check_settings({"model_sha1": file_sha1(args.model), "score_thresh": args.score_thresh,
+                        "min_prob": args.min_prob,
                         "topk": args.topk, "classes": list(args.classes) if args.classes else None})
     out.done_marker.unlink(missing_ok=True)  # this shard is not done until it says so again
     return out

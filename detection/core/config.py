@@ -105,6 +105,14 @@ class SVMConfig:
     evict_threshold: float = -1.2  # after a retrain, drop cached negatives scoring below this
     retrain_limit: int = 2000  # retrain once more than this many new negatives have accumulated
     max_iter: int = 10000
+    # Probabilities beside the margins (not in the paper; svm/calibration.py): after the SVMs, one
+    # Platt sigmoid per class is fitted on the proposal windows of a seeded sample of training
+    # images, a window counting as a correct detection of class j at IoU >= ``calibration_overlap``
+    # with a class-j GT box (the devkit's criterion, §10).
+    calibration_images: int = 100
+    calibration_windows_per_image: int = 500
+    calibration_overlap: float = 0.5
+    calibration_seed: int = 5
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,9 @@ class TestConfig:
     """Test time (§9)."""
 
     score_threshold: float = -1.5  # SVM margin units
+    # `sppnet detect` keeps detections of calibrated probability >= this by default (not in the
+    # paper: a picture of a photo stays readable); `sppnet test` ranks by margin and uses all
+    detect_min_probability: float = 0.5
     nms_iou: float = 0.3
     max_per_image: int = 100
 

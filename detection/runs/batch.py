@@ -10,8 +10,9 @@ Outputs under ``OUT``:
 
 - ``predictions.jsonl``: one line per image as soon as it is done (flushed, so a crash loses
   nothing finished): ``{"file", "width", "height", "detections": [{"box": [x1, y1, x2, y2],
-  "score", "label"}]}``, absolute file paths, 0-based inclusive pixel boxes, scores as the model
-  gives them (SVM margins: 0 is the decision boundary);
+  "score", "probability", "label"}]}``, absolute file paths, 0-based inclusive pixel boxes, scores
+  as the model gives them (SVM margins: 0 is the decision boundary) and, from a calibrated model,
+  probabilities in [0, 1] (svm/calibration.py);
 - ``detections.json``: the same in COCO format (:mod:`detection.data.coco`), rebuilt from the jsonl
   lines at the end of every run, one image per file (ids 1..N in file order), so it never holds
   an image twice;
@@ -248,22 +249,28 @@ _WORKER_DIED = ("a worker process died while this image was in flight (a decoder
 
 @dataclass(frozen=True)
 class DetectionFilter:
-    """Keep detections scoring at least ``min_score``, of the class indices ``labels``, at most ``topk`` per image."""
+    """Keep detections scoring (margin) at least ``min_score`` and of probability at least
+    ``min_probability``, of the class indices ``labels``, at most ``topk`` per image, best first
+    (by probability when the detections have them, else by margin)."""
 
     min_score: float | None = None
     topk: int | None = None
     labels: tuple[int, ...] | None = None
+    min_probability: float | None = None
 
     def __call__(self, dets: Detections) -> Detections:
         keep = np.ones(len(dets), dtype=bool)
         if self.min_score is not None:
             keep &= np.asarray(dets.scores) >= self.min_score
+        if self.min_probability is not None:
+            if dets.probabilities is None:
+                raise BatchError("a probability threshold needs a calibrated model (trained with calibration)")
+            keep &= np.asarray(dets.probabilities) >= self.min_probability
         if self.labels is not None:
             keep &= np.isin(dets.labels, self.labels)
         order = np.flatnonzero(keep)
-        order = order[np.argsort(-np.asarray(dets.scores)[order], kind="stable")][: self.topk]
-        return Detections(np.asarray(dets.boxes)[order], np.asarray(dets.scores)[order],
-                          np.asarray(dets.labels)[order])
+        order = order[np.argsort(-dets.confidences[order], kind="stable")][: self.topk]
+        return dets.select(order)
 
 
 def class_indices(names: Sequence[str], classes: Sequence[str]) -> tuple[int, ...]:
@@ -275,18 +282,26 @@ def class_indices(names: Sequence[str], classes: Sequence[str]) -> tuple[int, ..
 
 
 def prediction_record(path: str, image_size: tuple[int, int], dets: Detections, classes: Sequence[str]) -> dict:
-    """One ``predictions.jsonl`` line (as a dict); ``image_size`` is (height, width)."""
-    return {"file": path, "width": int(image_size[1]), "height": int(image_size[0]), "detections": [
-        {"box": [round(float(v), 2) for v in box], "score": float(score), "label": classes[int(label)]}
-        for box, score, label in zip(dets.boxes, dets.scores, dets.labels)]}
+    """One ``predictions.jsonl`` line (as a dict); ``image_size`` is (height, width).
+
+    Each detection has its ``score`` (the SVM margin) and, from a calibrated model, its ``probability``.
+    """
+    items = [{"box": [round(float(v), 2) for v in box], "score": float(score), "label": classes[int(label)]}
+             for box, score, label in zip(dets.boxes, dets.scores, dets.labels)]
+    if dets.probabilities is not None:
+        for item, probability in zip(items, dets.probabilities):
+            item["probability"] = round(float(probability), 6)
+    return {"file": path, "width": int(image_size[1]), "height": int(image_size[0]), "detections": items}
 
 
 def record_detections(record: dict, classes: Sequence[str]) -> Detections:
     """A ``predictions.jsonl`` record's detections, labels as indices into ``classes``."""
     items = record["detections"]
+    calibrated = bool(items) and all("probability" in d for d in items)
     return Detections(np.array([d["box"] for d in items], dtype=np.float64).reshape(-1, 4),
                       np.array([d["score"] for d in items], dtype=np.float64),
-                      np.array([classes.index(d["label"]) for d in items], dtype=np.int64))
+                      np.array([classes.index(d["label"]) for d in items], dtype=np.int64),
+                      np.array([d["probability"] for d in items], dtype=np.float64) if calibrated else None)
 
 
 # -- the output directory ----------------------------------------------------------------------------
