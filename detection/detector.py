@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from detection.core.config import SPPConfig
 from detection.core.errors import SppnetError
 from detection.core.images import as_rgb_array
 from detection.core.detections import Detections
+from detection.results import Result
 from features.backbones import Backbone, build_backbone
 from features.extractor import build_extractor
 from features.head import FCHead
@@ -210,6 +212,13 @@ class Detector:
         return self.detect_with_maps(self.compute_maps(image), proposals, image.shape[:2])
 
     __call__ = detect
+
+    def predict(self, image, proposals: np.ndarray | None = None) -> Result:
+        """Like :meth:`detect`, but a :class:`~detection.results.Result`: the image, its detections and
+        the class names, with ``plot()``, ``save(path)`` and ``to_coco()``."""
+        path = str(image) if isinstance(image, (str, os.PathLike)) else None
+        image = as_rgb_array(image)
+        return Result(image, self.detect(image, proposals), self.classes, path)
 
     def detect_batch(self, images, proposals: list[np.ndarray] | None = None) -> list[Detections]:
         """Several images (paths, PIL images or arrays) -> their detections, in order."""

@@ -16,6 +16,7 @@ LAYERS = [
     ("detection.core",),
     ("proposals", "features", "svm", "detection.data"),
     ("detection.evaluation", "detection.visualize"),
+    ("detection.results",),
     ("detection.detector",),
     ("detection.training",),
     ("detection.runs",),

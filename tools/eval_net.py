@@ -28,7 +28,8 @@ metrics:
          on them are ignored rather than counted as false positives, as in the VOC devkit
          (pycocotools measures overlap with them as intersection over the detection's area).
 
---plot DIR writes pr_<class>.png per class and pr_all.png: precision against recall at IoU 0.5
+--plot DIR writes pr_<class>.png per class, pr_all.png and pr_curves.csv (needs matplotlib, the
+`plots` extra): precision against recall at IoU 0.5
 with VOC matching (for --metric coco too), the interpolated curve bold, the raw one faint.
 """
 
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", choices=("voc07", "voc10", "coco"), default="voc07")
     parser.add_argument("--classes", type=parse_classes, default=None, help="comma-separated class names")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the metrics as JSON here")
-    parser.add_argument("--plot", metavar="DIR", default=None, help="write precision-recall curves as PNG here")
+    parser.add_argument("--plot", metavar="DIR", default=None, help="write precision-recall curves here: PNG (matplotlib) and CSV")
 
 
 def read_results(path: Path, dataset: VOCDataset) -> dict[str, Detections]:
@@ -56,6 +57,10 @@ def read_results(path: Path, dataset: VOCDataset) -> dict[str, Detections]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        from detection.visualize import check_charts
+
+        check_charts()  # before any work: matplotlib is an optional extra
     dataset = VOCDataset(args.data, args.split, classes=args.classes)
     detections = read_results(Path(args.results), dataset)
     if args.metric == "coco":
@@ -71,5 +76,5 @@ def run(args: argparse.Namespace) -> int:
 
         curve_metric = "voc07" if args.metric == "coco" else args.metric
         paths = save_pr_curves(class_curves(dataset, detections, curve_metric), args.plot, curve_metric)
-        print(f"precision-recall curves: {len(paths)} PNG files in {args.plot}")
+        print(f"precision-recall curves: {len(paths) - 1} PNG files and {paths[-1].name} in {args.plot}")
     return 0

@@ -56,7 +56,7 @@ from detection.core.config import ProposalConfig
 from detection.core.errors import SppnetError
 from detection.core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, load_image
 from detection.core.detections import Detections
-from detection.visualize import save_visualization
+from detection.results import Result
 from proposals.selective_search import selective_search
 
 PREDICTIONS = "predictions.jsonl"
@@ -539,7 +539,7 @@ def _detect_one(detector, prepared: Prepared, out: OutputDir, stream: Prediction
     stream.write(prediction_record(prepared.path, prepared.image.shape[:2], dets, detector.classes))
     if vis_root is not None:
         target = out.root / VIS / Path(prepared.path).relative_to(vis_root)
-        save_visualization(target, prepared.image, dets, detector.classes)
+        Result(prepared.image, dets, detector.classes, prepared.path).save(target)
     return None
 
 
