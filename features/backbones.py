@@ -84,7 +84,8 @@ class PadToMultiple(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H + pad_h, W + pad_w)."""
         pad_h, pad_w = (-x.shape[-2]) % self.multiple, (-x.shape[-1]) % self.multiple
-        return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+        # padded even by zero pixels: no branch on the size, so a traced/exported graph fits every size
+        return F.pad(x, (0, pad_w, 0, pad_h))
 
     def extra_repr(self) -> str:
         return f"multiple={self.multiple}"

@@ -18,7 +18,7 @@ LAYERS = [
     ("detection.evaluation", "detection.visualize"),
     ("detection.results",),
     ("detection.detector",),
-    ("detection.training",),
+    ("detection.training", "detection.export"),
     ("detection.runs",),
     ("tools",),
 ]

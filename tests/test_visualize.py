@@ -64,6 +64,33 @@ def test_result_plots_saves_and_converts_to_coco(tmp_path):
     assert len(ground_truth.loadRes(coco["annotations"]).getAnnIds()) == 2
 
 
+def test_detector_predict_returns_a_result(tmp_path):
+    import torch
+
+    from detection.core.config import SPPConfig
+    from detection.detector import Detector
+    from features.backbones import build_backbone
+    from features.spp import spp_output_dim
+
+    config = SPPConfig().replace(features={"scales": (64,)}, svm={"feature_layer": "pool5"}, bbox={"enabled": False},
+                                 test={"score_threshold": -1e9})
+    backbone = build_backbone("zf5", pretrained=False)
+    dim = spp_output_dim(backbone.channels, config.features.pyramid_levels)
+    detector = Detector(config, ("cat", "dog"), backbone, np.random.default_rng(0).normal(0, 0.01, (2, dim)),
+                        np.zeros(2), 1.0, device="cpu")
+    image = np.random.default_rng(1).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    proposals = np.array([[0, 0, 40, 40], [30, 10, 90, 60.0]])
+    result = detector.predict(tmp_path / "a.png", proposals)
+    assert result.path == str(tmp_path / "a.png") and np.array_equal(result.image, image)
+    assert result.classes == ("cat", "dog") and len(result) == 4  # 2 windows × 2 classes, nothing suppressed
+    with torch.no_grad():
+        direct = detector.detect(image, proposals)
+    assert np.array_equal(result.detections.scores, direct.scores)
+    assert result.save(tmp_path / "drawn.jpg").is_file()
+    assert len(result.to_coco()["annotations"]) == 4
+
+
 def test_drawn_tags_show_the_probability_when_there_is_one():
     image = np.zeros((100, 200, 3), np.uint8)
     boxes, labels = np.array([[10.0, 40, 150, 90]]), np.array([0])

@@ -6,7 +6,7 @@ import os
 import sys
 
 from detection.core.errors import SppnetError
-from tools import ablation, benchmark, demo, detect_net, eval_net, test_net, train_net
+from tools import ablation, benchmark, demo, detect_net, eval_net, export_net, test_net, train_net
 
 COMMANDS = {
     "demo": (demo, "generate a small dataset, train, test and print the AP table (offline, CPU)"),
@@ -16,6 +16,7 @@ COMMANDS = {
     "detect": (detect_net, "detect objects in image files or folders"),
     "ablation": (ablation, "the paper's Table 9 (feature layers × 1/5 scales) on the demo set -> docs/results.md"),
     "benchmark": (benchmark, "time SPP-net (1 and 5 scales) against R-CNN on the same images and proposals"),
+    "export": (export_net, "write a model's scoring (conv, pyramid pooling, head, SVMs) as ONNX or TorchScript"),
 }
 
 
