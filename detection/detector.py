@@ -35,6 +35,7 @@ from detection.core.detections import Detections
 from detection.results import Result
 from features.backbones import Backbone, build_backbone
 from features.extractor import build_extractor
+from features.spp import spp_output_dim
 from features.head import FCHead
 from proposals.selective_search import selective_search
 from svm.bbox_regression import BoxRegressor
@@ -131,6 +132,7 @@ class Detector:
         self.config = config
         self.classes = tuple(classes)
         self.device = torch.device(device or default_device())
+        self.cache = cache
         self.extractor = build_extractor(backbone, config.features, self.device, cache=cache,
                                          weights_id=weights_id(backbone))
         self.head = None if head is None else head.to(self.device).eval()
@@ -146,6 +148,40 @@ class Detector:
     @property
     def backbone(self) -> Backbone:
         return self.extractor.backbone
+
+    # -- variants -------------------------------------------------------------------------------
+    def replace(self, *, features: dict | None = None, feature_scale: float | None = None,
+                svm_bias: np.ndarray | torch.Tensor | None = None) -> Detector:
+        """A new detector sharing this one's backbone, head, SVM weights, regressor, calibration and cache,
+        with ``config.features`` fields in ``features`` replaced (e.g. ``{"mode": "rcnn"}``,
+        ``{"scales": (480, 688)}``, ``{"amp": "bf16"}``) and/or another SVM feature scale or SVM biases (K,)."""
+        config = self.config if not features else self.config.replace(features=features)
+        bias = self.svm_bias if svm_bias is None else torch.as_tensor(svm_bias)
+        return Detector(config, self.classes, self.backbone, self.svm_weights.cpu().numpy(),
+                        bias.detach().float().cpu().numpy(),
+                        self.feature_scale if feature_scale is None else feature_scale, self.regressor,
+                        device=self.device, cache=self.cache, head=self.head,
+                        bbox_feature_scale=self.bbox_feature_scale, calibration=self.calibration)
+
+    @classmethod
+    def untrained(cls, config: SPPConfig, classes: tuple[str, ...], device: str | torch.device | None = None,
+                  seed: int = 0) -> Detector:
+        """A detector that needs no training, for timing: ``config``'s backbone (random initialisation
+        unless ``backbone_weights``; seeded), the SVMs reading pool5 with random weights ~ N(0, (1/20)²)
+        (features of the recipe's mean norm 20 score with a spread of about 1; §7), zero biases,
+        feature scale 1 and zero box regressors."""
+        torch.manual_seed(seed)
+        config = config.replace(svm={"feature_layer": "pool5"})
+        backbone = build_backbone(config.features.backbone, config.features.backbone_weights, pretrained=False)
+        dim = spp_output_dim(backbone.channels, config.features.pyramid_levels)
+        rng = np.random.default_rng(seed)
+        svm_weights = rng.normal(0.0, 1.0 / config.svm.feature_norm_target, (len(classes), dim))
+        regressor = BoxRegressor.from_state({
+            "ridge_lambda": config.bbox.ridge_lambda, "coef": torch.zeros((len(classes), dim, 4), dtype=torch.float64),
+            "intercept": torch.zeros((len(classes), 4), dtype=torch.float64),
+            "n_samples": torch.zeros(len(classes), dtype=torch.int64)})
+        return cls(config, classes, backbone, svm_weights, np.zeros(len(classes)), 1.0, regressor, device=device,
+                   bbox_feature_scale=1.0)
 
     # -- the steps of detection -------------------------------------------------------------
     def compute_maps(self, image: np.ndarray) -> list[torch.Tensor]:

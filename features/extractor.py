@@ -7,7 +7,7 @@ stages and reruns never run the conv layers again.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -15,7 +15,7 @@ import torch
 
 from detection.core.cache import Cache
 from detection.core.config import FeatureConfig, fingerprint
-from features.backbones import Backbone
+from features.backbones import Backbone, conv_precision, prepare_backbone
 from features.projection import choose_scales, image_scale_factors, project_boxes
 from features.spp import spatial_pyramid_pool, spp_output_dim
 
@@ -30,6 +30,31 @@ def resize_to_scale(image: np.ndarray, scale: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
 
 
+@runtime_checkable
+class WindowFeatureExtractor(Protocol):
+    """What training and detection use of a window-feature extractor, SPP-net's
+    (:class:`SPPFeatureExtractor`, conv once per image) or R-CNN's (:class:`features.rcnn.RCNNFeatureExtractor`,
+    conv per window): the code above is the same for both."""
+
+    backbone: Backbone
+    config: FeatureConfig
+    device: torch.device
+
+    @property
+    def output_dim(self) -> int:
+        """D, the length of one window's feature vector."""
+
+    def compute_maps(self, image: np.ndarray) -> list[torch.Tensor]:
+        """(H, W, 3) uint8 RGB -> what :meth:`pool` reads, on the device."""
+
+    def maps(self, key: str, load_image: Callable[[], np.ndarray]) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        """Image ``key``'s maps (cached where that pays) and its (height, width); ``load_image`` on a miss."""
+
+    def pool(self, maps: list[torch.Tensor], boxes: np.ndarray, image_size: tuple[int, int],
+             scale_index: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, 4) windows in original image pixels -> (N, D) float32 features on the device."""
+
+
 class SPPFeatureExtractor:
     """Conv maps per image and scale (optionally cached), and pooled window features.
 
@@ -39,11 +64,14 @@ class SPPFeatureExtractor:
 
     def __init__(self, backbone: Backbone, config: FeatureConfig, device: torch.device | str = "cpu",
                  cache: Cache | None = None, weights_id: str = ""):
-        self.backbone = backbone.to(device).eval()
         self.config = config
         self.device = torch.device(device)
+        self.amp = conv_precision(config.amp, self.device)
+        self.backbone = prepare_backbone(backbone, self.device, self.amp)
         self.cache = cache
-        self.conv_fingerprint = fingerprint(backbone.name, weights_id, tuple(config.scales))
+        # mixed-precision maps differ from float32 ones in the last bits: cached apart
+        self.conv_fingerprint = fingerprint(backbone.name, weights_id, tuple(config.scales),
+                                            *([config.amp] if self.amp is not None else []))
         if cache is not None:
             cache.describe(CONV_STAGE, self.conv_fingerprint,
                            {"backbone": backbone.name, "weights": weights_id, "scales": list(config.scales)})
@@ -58,7 +86,7 @@ class SPPFeatureExtractor:
         maps = []
         for scale in self.config.scales:
             pixels = torch.from_numpy(resize_to_scale(image, scale)).to(self.device)
-            maps.append(self.backbone(self.backbone.preprocess(pixels))[0])
+            maps.append(self.backbone.convolve(self.backbone.preprocess(pixels), self.amp)[0])
         return maps
 
     def maps(self, key: str, load_image: Callable[[], np.ndarray]) -> tuple[list[torch.Tensor], tuple[int, int]]:
@@ -118,12 +146,9 @@ class SPPFeatureExtractor:
 
 
 def build_extractor(backbone: Backbone, config: FeatureConfig, device: torch.device | str = "cpu",
-                    cache: Cache | None = None, weights_id: str = ""):
-    """The window-feature extractor of ``config.mode``: SPP-net's (conv once) or R-CNN's (conv per window).
-
-    Both offer ``maps(key, load_image)``, ``compute_maps(image)``, ``pool(maps, boxes, image_size)``
-    and ``output_dim``, so training and detection code is the same for the two.
-    """
+                    cache: Cache | None = None, weights_id: str = "") -> WindowFeatureExtractor:
+    """The window-feature extractor of ``config.mode``: SPP-net's (conv once) or R-CNN's (conv per window),
+    both a :class:`WindowFeatureExtractor`."""
     if config.mode == "spp":
         return SPPFeatureExtractor(backbone, config, device, cache=cache, weights_id=weights_id)
     if config.mode == "rcnn":

@@ -15,14 +15,15 @@ from pathlib import Path
 import torch
 
 from detection.runs.batch import find_images
-from detection.runs.benchmark import PASS_FRACTION, BenchmarkSettings, format_report, run_benchmark, untrained_detector
+from detection.runs.benchmark import PASS_FRACTION, BenchmarkSettings, run_benchmark
+from detection.runs.benchmark_report import format_report
 from detection.core.cache import atomic_write_bytes
 from detection.core.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
 from detection.detector import Detector, default_device
 from detection.core.images import load_image
-from detection.data.voc import VOCDataset
+from detection.data.voc import VOC_CLASSES, VOCDataset
 from features.backbones import BACKBONES
-from tools.common import parse_scales
+from tools.common import add_amp_argument, parse_scales, with_amp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s, as SVMs trained with the recipe do)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed detections per mode first (default: %(default)s)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
+    add_amp_argument(parser)
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's, one per core); on a CPU shared with other "
                              "jobs, 1 avoids threads waiting on each other")
@@ -82,13 +84,14 @@ def _benchmark(args: argparse.Namespace) -> int:
         detector, random_svms = Detector.load(args.model, device=device), False
     else:
         config = SPPConfig().replace(features={"backbone": args.backbone, "backbone_weights": args.backbone_weights})
-        detector, random_svms = untrained_detector(config, device, seed=args.seed), True
+        detector, random_svms = Detector.untrained(config, VOC_CLASSES, device, seed=args.seed), True
+    detector = with_amp(detector, args.amp)
     images = [load_image(path) for path in _image_paths(args)[: args.num_images]]
     settings = BenchmarkSettings(proposals=args.max_proposals, warmup=args.warmup, single_scale=(args.single_scale,),
                                  multi_scale=args.scales, rcnn_images=args.rcnn_images,
                                  rcnn_batch_size=args.rcnn_batch_size, pass_fraction=args.pass_fraction)
     report = run_benchmark(detector, images, settings, random_svms=random_svms,
-                           log=(lambda _: None) if args.quiet else print)
+                           log=(lambda _: None) if args.quiet else print, progress=not args.quiet)
     report["model"] = args.model
     print(format_report(report))
     if args.json:

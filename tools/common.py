@@ -6,7 +6,7 @@ import os
 
 from detection.core.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
 from detection.detector import FEATURE_LAYERS
-from features.backbones import BACKBONES
+from features.backbones import AMP_DTYPES, BACKBONES
 from features.finetune import SCALE_SAMPLING, SCHEDULES
 
 
@@ -34,7 +34,19 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the conv layers run (default: cuda if available)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes computing selective search in parallel (default: %(default)s)")
+    add_amp_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_amp_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--amp", nargs="?", const="bf16", choices=("off", *AMP_DTYPES), default=None,
+                        help="conv layers in mixed precision on CUDA: bf16 when given alone, or fp16, with "
+                             "channels_last tensors; no effect on a CPU (default: off, or the model's setting)")
+
+
+def with_amp(detector, amp: str | None):
+    """The detector with --amp applied (a variant sharing its weights), or itself when --amp was not given."""
+    return detector if amp is None else detector.replace(features={"amp": amp})
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,12 +98,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> SPPConfig:
-    return SPPConfig().replace(
+    d = SPPConfig()
+    return d.replace(
         proposals={"mode": args.proposal_mode, "resize_width": args.proposal_width,
                    "max_proposals": args.max_proposals, "min_size": args.min_proposal_size},
         features={"mode": args.mode, "backbone": args.backbone, "backbone_weights": args.backbone_weights,
                   "scales": args.scales, "scale_rule": args.scale_rule, "projection": args.projection,
-                  "pyramid_levels": args.pyramid},
+                  "pyramid_levels": args.pyramid, "amp": args.amp or d.features.amp},
         finetune={"iterations": args.finetune_iterations, "schedule": args.schedule,
                   "scale_sampling": args.finetune_scales, "hidden": args.finetune_hidden,
                   "checkpoint_every": args.finetune_checkpoint_every},

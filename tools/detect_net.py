@@ -17,7 +17,7 @@ from detection.runs.batch import (
 from detection.detector import Detector, default_device
 from detection.core.config import SPPConfig
 from detection.core.images import DEFAULT_MAX_PIXELS
-from tools.common import add_runtime_arguments, parse_classes
+from tools.common import add_runtime_arguments, parse_classes, with_amp
 
 # Images whose shorter side is below this many conv strides are refused: they hold fewer than 2x2
 # cells' worth of real pixels, so the rescale to the test scale (688 px) would be pure interpolation.
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     index, count = args.shard or (rank, world)
     if not args.inputs and args.list is None:
         raise BatchError("no inputs: give image files, directories, glob patterns or --list FILE")
-    detector = Detector.load(args.model, device=_device(args.device, world, local_rank))
+    detector = with_amp(Detector.load(args.model, device=_device(args.device, world, local_rank)), args.amp)
     if detector.device.type == "cpu":
         share_cores(args.workers)
     keep = DetectionFilter(args.score_thresh, args.topk,

@@ -9,7 +9,7 @@ from detection.detector import Detector
 from detection.evaluation.voc_eval import format_ap_table
 from detection.runs.test import test_model
 from detection.data.voc import VOCDataset
-from tools.common import add_runtime_arguments
+from tools.common import add_runtime_arguments, with_amp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cache = Cache(args.cache_dir or Path(args.out) / "cache")
-    detector = Detector.load(args.model, device=args.device, cache=cache)
+    detector = with_amp(Detector.load(args.model, device=args.device, cache=cache), args.amp)
     dataset = VOCDataset(args.data, args.split, classes=detector.classes)
     metrics = test_model(detector, dataset, args.out, cache, metric=args.metric, workers=args.workers,
                          progress=not args.quiet)

@@ -55,6 +55,9 @@ class FeatureConfig:
     pyramid_levels: tuple[int, ...] = (1, 2, 3, 6)  # §3: 50 bins
     rcnn_context: int = 16  # R-CNN mode: pixels of context around each window before warping
     rcnn_batch_size: int = 128  # R-CNN mode: warped windows per conv batch
+    # Not in the paper: the conv layers on CUDA under autocast, "bf16" or "fp16", with channels_last
+    # tensors (features/backbones.py); "off" = float32. Other devices always run float32.
+    amp: str = "off"
 
 
 @dataclass(frozen=True)
