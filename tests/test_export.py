@@ -47,8 +47,7 @@ def test_roi_pool_pyramid_equals_the_sparse_table_pyramid():
 def test_float_bin_edges_are_checked():
     assert roi_pool_bins_exact((1, 2, 3, 4, 5, 6), 1000)
     assert not roi_pool_bins_exact((7,), 100)  # 6 · float32(57 / 7) rounds above 48 ...
-    detector = make_detector()
-    detector.config = detector.config.replace(features={"pyramid_levels": (1, 7)})
+    detector = make_detector().replace(features={"pyramid_levels": (1, 7)})
     with pytest.raises(ExportError, match="bin edges"):  # ... so such a pyramid is refused
         ScoringGraph(detector)
 
