@@ -27,10 +27,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from detection.core.config import BACKBONES
 from detection.core.errors import SppnetError
 from features.receptive_field import conv_geometry
 
-BACKBONES = ("efficientnet_lite0", "alexnet", "vgg16", "zf5")
 # Mixed precision of the conv layers (FeatureConfig.amp): autocast dtypes by name; "off" = float32
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

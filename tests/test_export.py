@@ -70,6 +70,13 @@ def test_graph_scores_like_the_detector(feature_layer, calibrated):
         assert np.allclose(outputs[1].numpy(), expected, atol=1e-6)
 
 
+def test_the_command_offers_the_formats_there_are():
+    from detection.export import FORMATS
+    from tools import export_net
+
+    assert export_net.FORMATS == FORMATS
+
+
 def test_multi_scale_models_need_a_scale():
     detector = make_detector(scales=(96, 128))
     with pytest.raises(ExportError, match="--scale"):

@@ -8,7 +8,8 @@ from detection.core.config import SPPConfig
 from detection.data.demo import make_demo_dataset
 from detection.detector import Detector
 from detection.runs.test import test_model
-from detection.training.stages import STAGES, StageError, parse_stages
+from detection.core.config import STAGES, parse_stages
+from detection.training.stages import StageError
 from detection.training.trainer import Trainer
 from detection.data.voc import VOCDataset
 from tools.cli import main

@@ -14,21 +14,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from detection.runs.ablation import (
-    COLUMNS,
-    AblationColumn,
-    machine_description,
-    report,
-    run_ablation,
-    write_markdown_section,
-)
-from detection.data.demo import make_demo_dataset
-from detection.detector import default_device
-from detection.data.voc import VOCDataset
-from tools.common import add_config_arguments, add_runtime_arguments, config_from_args
-
-ABLATION_FC_WIDTH = 1024
-ABLATION_ITERATIONS = 1000
+from tools.common import add_config_arguments, add_runtime_arguments, config_from_args, device_from_args
 
 DOC_HEADER = """# Measured results
 
@@ -48,10 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use only the first N images of each split in the 5-scale column (CPU budget)")
     parser.add_argument("--columns", choices=("1", "5", "1,5"), default="1,5", help="scale columns to run")
     parser.add_argument("--doc", default="docs/results.md", help="Markdown file to write into (default: %(default)s)")
-    add_config_arguments(parser)
+    # the ablation preset: ten cells on a CPU, a narrower head and fewer iterations than the paper's
+    add_config_arguments(parser, preset="ablation")
     add_runtime_arguments(parser)
-    # ten cells on a CPU: a narrower head and fewer iterations than the paper's (docs/results.md says so)
-    parser.set_defaults(finetune_hidden=ABLATION_FC_WIDTH, finetune_iterations=ABLATION_ITERATIONS)
 
 
 def _command_line() -> str:
@@ -64,6 +49,19 @@ def _command_line() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    from detection.data.demo import make_demo_dataset
+    from detection.data.voc import VOCDataset
+    from detection.runs.ablation import (
+        COLUMNS,
+        AblationColumn,
+        machine_description,
+        report,
+        run_ablation,
+        write_markdown_section,
+    )
+
+    device = device_from_args(args)
     width, height = args.image_size
     name = f"demo-{args.num_images}-{width}x{height}-seed{args.seed}"
     # one directory per generated set: image ids repeat across sets, and the caches are keyed by id
@@ -74,8 +72,6 @@ def run(args: argparse.Namespace) -> int:
     one, five = COLUMNS
     columns = {"1": (one,), "5": (AblationColumn(five.name, five.scales, args.five_scale_images),),
                "1,5": (one, AblationColumn(five.name, five.scales, args.five_scale_images))}[args.columns]
-    config = config_from_args(args)
-    device = args.device or default_device()
     started = datetime.now(timezone.utc)
     result = run_ablation(config, train_set, test_set, out, columns=columns, device=device, workers=args.workers,
                            progress=not args.quiet)
@@ -83,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                                     f"({width}×{height}, seed {args.seed})",
                      dataset=f"`make_demo_dataset(num_trainval={args.num_images}, num_test={args.num_images}, "
                              f"seed={args.seed}, image_size=({width}, {height}))`",
-                     config=config, machine=machine_description(device),
+                     config=config, machine=machine_description(device.type),
                      command=_command_line(), date=started.strftime("%Y-%m-%d %H:%M UTC"))
     write_markdown_section(args.doc, name, section, DOC_HEADER)
     print(f"tables written to {args.doc}")

@@ -1,9 +1,14 @@
-"""The `sppnet` command: one entry point, one subcommand per job."""
+"""The `sppnet` command: one entry point, one subcommand per job.
+
+Parsing the command line imports no torch (tools/common.py says why), so --help, --version and
+usage errors answer at once.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from importlib import metadata
 
 from detection.core.errors import SppnetError
 from tools import ablation, benchmark, demo, detect_net, eval_net, export_net, test_net, train_net
@@ -20,8 +25,16 @@ COMMANDS = {
 }
 
 
+def version() -> str:
+    try:
+        return metadata.version("sppnet")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sppnet", description="SPP-net object detection (He et al., 2014).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())

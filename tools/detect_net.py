@@ -7,13 +7,20 @@ rebuilt at the end. Rerunning with the same --out skips the images already done.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from detection.core.config import SPPConfig
-from detection.core.images import DEFAULT_MAX_PIXELS
-from detection.runs.batch import (
-    DETECTIONS, FAILED, MIN_SIDE_STRIDES, PREDICTIONS, BatchSummary, FolderDetection, Merged, OutputDir,
+from detection.core.config import DEFAULT_MAX_PIXELS, MIN_SIDE_STRIDES, SPPConfig
+from tools.common import (
+    add_runtime_arguments,
+    add_test_time_set_argument,
+    finite_float,
+    int_at_least,
+    model_overrides,
+    parse_classes,
 )
-from tools.common import add_runtime_arguments, parse_classes
+
+if TYPE_CHECKING:  # the library is imported when the command runs, not for --help
+    from detection.runs.batch import BatchSummary, Merged, OutputDir
 
 EPILOG = """\
 inputs:
@@ -83,22 +90,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", metavar="FILE", help="a text file of image paths, one per line")
     parser.add_argument("--model", required=True, help="model.pt written by `sppnet train`")
     parser.add_argument("--out", required=True, help="output directory (see below)")
-    parser.add_argument("--score-thresh", type=float, default=None, metavar="S",
+    parser.add_argument("--score-thresh", type=finite_float, default=None, metavar="S",
                         help="keep detections scoring at least S (default: the model's threshold)")
-    parser.add_argument("--min-prob", type=float, default=None, metavar="P",
+    parser.add_argument("--min-prob", type=finite_float, default=None, metavar="P",
                         help="keep detections of calibrated probability at least P (default: "
                              f"{SPPConfig().test.detect_min_probability} for a calibrated model; 0 keeps all)")
-    parser.add_argument("--topk", type=int, default=None, metavar="K", help="keep the K best detections per image")
+    parser.add_argument("--topk", type=int_at_least(1), default=None, metavar="K", help="keep the K best detections per image")
     parser.add_argument("--classes", type=parse_classes, default=None, metavar="A,B",
                         help="keep only these classes (comma-separated names)")
     parser.add_argument("--save-vis", action="store_true", help="also write OUT/vis/: images with boxes drawn")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=int_at_least(1), default=DEFAULT_MAX_PIXELS,
                         help="refuse images with more pixels than this (default: %(default)s)")
-    parser.add_argument("--min-side", type=int, default=None,
+    parser.add_argument("--min-side", type=int_at_least(1), default=None,
                         help=f"refuse images whose shorter side is below this (default: {MIN_SIDE_STRIDES} x the "
                              "backbone's stride, 32 px for the bundled backbones)")
     parser.add_argument("--shard", type=parse_shard, default=None, metavar="i/n",
                         help="process shard i of n (0-based) of the sorted inputs")
+    add_test_time_set_argument(parser)
     add_runtime_arguments(parser)
 
 
@@ -112,10 +120,13 @@ def _print_speed(summary: BatchSummary) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    overrides = model_overrides(args)
+    from detection.runs.batch import FolderDetection
+
     job = FolderDetection(args.model, args.inputs, args.out, list_file=args.list, score_thresh=args.score_thresh,
                           topk=args.topk, classes=args.classes, save_vis=args.save_vis, max_pixels=args.max_pixels,
                           min_side=args.min_side, shard=args.shard, device=args.device, workers=args.workers,
-                          progress=not args.quiet, min_prob=args.min_prob, amp=args.amp)
+                          progress=not args.quiet, overrides=overrides, min_prob=args.min_prob, amp=args.amp)
     summary = job.detect()
     _print_summary(job.label, summary.done, summary.skipped, len(summary.failed))
     if summary.done:
@@ -131,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_outputs(out: OutputDir, merged: Merged) -> None:
+    from detection.runs.batch import DETECTIONS, FAILED, PREDICTIONS
+
     print(f"detections: {out.root / DETECTIONS} (COCO), {out.root / PREDICTIONS}")
     if merged.failures:
         print(f"failed images and reasons: {out.root / FAILED}")

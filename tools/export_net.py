@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from detection.detector import Detector
-from detection.export import FORMATS, export_model
+FORMATS = ("onnx", "torchscript")  # detection.export.FORMATS, named here so that --help imports no torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from detection.detector import Detector
+    from detection.export import export_model
+
     detector = Detector.load(args.model, device="cpu")
     path = export_model(detector, args.out, args.format, scale=args.scale)
     print(f"{args.format}: {path} (inputs image (1, 3, H, W) at shorter side "
