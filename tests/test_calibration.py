@@ -86,6 +86,21 @@ def test_filter_by_probability_orders_by_probability_and_keeps_every_field():
         DetectionFilter(min_probability=0.5)(Detections.empty())
 
 
+def test_the_probability_threshold_of_detect():
+    from types import SimpleNamespace
+
+    from detection.runs.batch.folder import min_probability
+
+    calibrated = SimpleNamespace(calibration=PlattScaling(), config=SPPConfig().replace(test={"detect_min_probability": 0.6}))
+    assert min_probability(None, calibrated) == 0.6 and min_probability(0.0, calibrated) == 0.0
+    with pytest.raises(BatchError, match=r"--min-prob: a probability in \[0, 1\], got 1.5"):
+        min_probability(1.5, calibrated)
+    margins_only = SimpleNamespace(calibration=None, config=SPPConfig())
+    assert min_probability(None, margins_only) is None
+    with pytest.raises(BatchError, match="no calibration"):
+        min_probability(0.5, margins_only)
+
+
 def test_jsonl_and_coco_carry_probability_next_to_the_margin():
     dets = calibrated_dets()
     record = json.loads(json.dumps(prediction_record("/a.jpg", (30, 40), dets, CLASSES)))
