@@ -6,6 +6,7 @@ Imports go one way, downwards (``tests/test_layers.py`` checks it)::
     detection.runs              test, batch detection, benchmark, ablation
     detection.training          the stage plan and the trainer
     detection.detector          the detector and its model file (the Python API)
+    detection.results           one image's Result: plot, save, to_coco
     detection.evaluation        VOC devkit metric, pycocotools
     detection.visualize         pictures of detections and PR curves
     detection.data              VOC, COCO, devkit files, the generated data sets

@@ -18,6 +18,7 @@ Feature layers (``config.svm.feature_layer``, the rows of the paper's Table 9):
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +34,14 @@ from detection.core.errors import SppnetError
 from detection.core.hashing import state_hash
 from detection.core.images import as_rgb_array
 from detection.core.detections import Detections
+from detection.results import Result
 from features.backbones import Backbone, build_backbone
 from features.extractor import build_extractor
+from features.spp import spp_output_dim
 from features.head import FCHead
 from proposals.selective_search import selective_search
 from svm.bbox_regression import BoxRegressor
+from svm.calibration import PlattScaling
 
 MODEL_FORMAT = 2  # 2: fc head, feature layer and the pool5 scale of box regression
 
@@ -144,12 +148,15 @@ class Detector:
     ``svm_weights`` (K, D') and ``svm_bias`` (K,) score the features of ``config.svm.feature_layer``
     (computed by ``head`` unless pool5) times ``feature_scale``; ``regressor`` maps pool5 features
     times ``bbox_feature_scale`` to (dx, dy, dw, dh) per class, or is None when box regression is off.
+    ``calibration`` turns each detection's margin into a probability (``Detections.probabilities``);
+    a model trained before calibration existed has none and gives margins only.
     """
 
     def __init__(self, config: SPPConfig, classes: tuple[str, ...], backbone: Backbone,
                  svm_weights: np.ndarray, svm_bias: np.ndarray, feature_scale: float,
                  regressor: BoxRegressor | None = None, device: str | torch.device | None = "auto",
-                 cache: Cache | None = None, head: FCHead | None = None, bbox_feature_scale: float | None = None):
+                 cache: Cache | None = None, head: FCHead | None = None, bbox_feature_scale: float | None = None,
+                 calibration: PlattScaling | None = None):
         if (head_layer(config.svm.feature_layer) is None) != (head is None):
             raise ValueError(f"feature layer {config.svm.feature_layer} needs "
                              f"{'an fc head' if head is None else 'no fc head'}")
@@ -158,6 +165,7 @@ class Detector:
         self.config = config
         self.classes = tuple(classes)
         self.device = resolve_device(device)
+        self.cache = cache
         self.extractor = build_extractor(backbone, config.features, self.device, cache=cache,
                                          weights_id=weights_id(backbone))
         self.head = None if head is None else head.to(self.device).eval()
@@ -166,10 +174,47 @@ class Detector:
         self.feature_scale = float(feature_scale)
         self.regressor = regressor
         self.bbox_feature_scale = None if bbox_feature_scale is None else float(bbox_feature_scale)
+        if calibration is not None and len(calibration.coef_) != len(self.classes):
+            raise ValueError(f"calibration has {len(calibration.coef_)} classes, the detector {len(self.classes)}")
+        self.calibration = calibration
 
     @property
     def backbone(self) -> Backbone:
         return self.extractor.backbone
+
+    # -- variants -------------------------------------------------------------------------------
+    def replace(self, *, features: dict | None = None, feature_scale: float | None = None,
+                svm_bias: np.ndarray | torch.Tensor | None = None) -> Detector:
+        """A new detector sharing this one's backbone, head, SVM weights, regressor, calibration and cache,
+        with ``config.features`` fields in ``features`` replaced (e.g. ``{"mode": "rcnn"}``,
+        ``{"scales": (480, 688)}``, ``{"amp": "bf16"}``) and/or another SVM feature scale or SVM biases (K,)."""
+        config = self.config if not features else self.config.replace(features=features)
+        bias = self.svm_bias if svm_bias is None else torch.as_tensor(svm_bias)
+        return Detector(config, self.classes, self.backbone, self.svm_weights.cpu().numpy(),
+                        bias.detach().float().cpu().numpy(),
+                        self.feature_scale if feature_scale is None else feature_scale, self.regressor,
+                        device=self.device, cache=self.cache, head=self.head,
+                        bbox_feature_scale=self.bbox_feature_scale, calibration=self.calibration)
+
+    @classmethod
+    def untrained(cls, config: SPPConfig, classes: tuple[str, ...], device: str | torch.device | None = "auto",
+                  seed: int = 0) -> Detector:
+        """A detector that needs no training, for timing: ``config``'s backbone (random initialisation
+        unless ``backbone_weights``; seeded), the SVMs reading pool5 with random weights ~ N(0, (1/20)²)
+        (features of the recipe's mean norm 20 score with a spread of about 1; §7), zero biases,
+        feature scale 1 and zero box regressors."""
+        torch.manual_seed(seed)
+        config = config.replace(svm={"feature_layer": "pool5"})
+        backbone = build_backbone(config.features.backbone, config.features.backbone_weights, pretrained=False)
+        dim = spp_output_dim(backbone.channels, config.features.pyramid_levels)
+        rng = np.random.default_rng(seed)
+        svm_weights = rng.normal(0.0, 1.0 / config.svm.feature_norm_target, (len(classes), dim))
+        regressor = BoxRegressor.from_state({
+            "ridge_lambda": config.bbox.ridge_lambda, "coef": torch.zeros((len(classes), dim, 4), dtype=torch.float64),
+            "intercept": torch.zeros((len(classes), 4), dtype=torch.float64),
+            "n_samples": torch.zeros(len(classes), dtype=torch.int64)})
+        return cls(config, classes, backbone, svm_weights, np.zeros(len(classes)), 1.0, regressor, device=device,
+                   bbox_feature_scale=1.0)
 
     # -- the steps of detection -------------------------------------------------------------
     def compute_maps(self, image: np.ndarray) -> list[torch.Tensor]:
@@ -213,10 +258,17 @@ class Detector:
         return Detections(det_boxes[top], det_scores[top], label[top].astype(np.int64))
 
     # -- whole images -------------------------------------------------------------------------
+    def with_probabilities(self, dets: Detections) -> Detections:
+        """``dets`` with each margin's calibrated probability filled in (unchanged without a calibration)."""
+        if self.calibration is None:
+            return dets
+        probabilities = self.calibration.predict_proba(dets.scores, dets.labels)
+        return Detections(dets.boxes, dets.scores, dets.labels, probabilities)
+
     def detect_with_maps(self, maps: list[torch.Tensor], proposals: np.ndarray,
                          image_size: tuple[int, int]) -> Detections:
         features = self.features(maps, proposals, image_size)
-        return self.postprocess(proposals, self.score(features), features, image_size)
+        return self.with_probabilities(self.postprocess(proposals, self.score(features), features, image_size))
 
     def detect(self, image, proposals: np.ndarray | None = None) -> Detections:
         """An image (path, PIL image or (H, W, 3) uint8 RGB array) -> its detections.
@@ -229,6 +281,13 @@ class Detector:
         return self.detect_with_maps(self.compute_maps(image), proposals, image.shape[:2])
 
     __call__ = detect
+
+    def predict(self, image, proposals: np.ndarray | None = None) -> Result:
+        """Like :meth:`detect`, but a :class:`~detection.results.Result`: the image, its detections and
+        the class names, with ``plot()``, ``save(path)`` and ``to_coco()``."""
+        path = str(image) if isinstance(image, (str, os.PathLike)) else None
+        image = as_rgb_array(image)
+        return Result(image, self.detect(image, proposals), self.classes, path)
 
     def detect_batch(self, images, proposals: list[np.ndarray] | None = None) -> list[Detections]:
         """Several images (paths, PIL images or arrays) -> their detections, in order."""
@@ -249,6 +308,8 @@ class Detector:
             "head": None if self.head is None else {k: v.cpu() for k, v in self.head.state_dict().items()},
             "regressor": None if self.regressor is None else self.regressor.to_state(),
             "bbox_feature_scale": self.bbox_feature_scale,
+            "calibration": None if self.calibration is None else {
+                k: torch.from_numpy(v) for k, v in self.calibration.to_state().items()},
         }
 
     def save(self, path: str | Path) -> None:
@@ -282,6 +343,10 @@ class Detector:
         backbone.load_state_dict(state["backbone_state"])
         regressor = None if state["regressor"] is None else BoxRegressor.from_state(state["regressor"])
         head = None if state["head"] is None else head_from_state(state["head"])
+        # absent from model files written before calibration existed: they give margins only
+        calibration = state.get("calibration")
+        calibration = None if calibration is None else PlattScaling.from_state(
+            {k: v.numpy() for k, v in calibration.items()})
         return cls(config, tuple(state["classes"]), backbone, state["svm_weights"].numpy(),
                    state["svm_bias"].numpy(), state["feature_scale"], regressor, device=device, cache=cache,
-                   head=head, bbox_feature_scale=state["bbox_feature_scale"])
+                   head=head, bbox_feature_scale=state["bbox_feature_scale"], calibration=calibration)

@@ -1,20 +1,25 @@
-"""Pictures for people: detections drawn on images, and precision–recall curves, drawn with OpenCV.
+"""Pictures for people: detections drawn on images (OpenCV), and charts (matplotlib, optional).
 
 Images here are (H, W, 3) uint8 RGB like everywhere else in the code; files are encoded with
-OpenCV (BGR) and written atomically. Text uses OpenCV's Hershey font, which draws ASCII only.
+OpenCV (BGR) and written atomically. Text on images uses OpenCV's Hershey font, which draws ASCII
+only. Charts (precision-recall curves, fine-tuning loss and accuracy) need matplotlib, the
+``plots`` extra (``pip install 'sppnet[plots]'``); their numbers are also written as CSV.
 """
 from __future__ import annotations
 
 import colorsys
+import csv
+import io
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
 
 from detection.core.cache import atomic_write_bytes
 from detection.core.detections import Detections
+from detection.core.errors import SppnetError
 
 # Sasha Trubetskoy's 20 distinct colours, most distinct first: a class's colour is told apart
 # from its neighbours' even on a busy photo. Classes beyond 20 get golden-ratio hues.
@@ -60,7 +65,9 @@ def _label(canvas: np.ndarray, text: str, x: int, y_top: int, colour, scale: flo
 def draw_detections(image: np.ndarray, dets: Detections, classes: Sequence[str]) -> np.ndarray:
     """A copy of ``image`` (H, W, 3) uint8 RGB with each box, its class name and score drawn.
 
-    Line width and text size follow the image size; the highest scores are drawn last, on top.
+    The score shown is the probability when the detections have one, else the margin
+    (``Detections.confidences``). Line width and text size follow the image size; the highest
+    scores are drawn last, on top.
     Each tag sits above its box, or inside it when the box touches the top of the image.
     """
     canvas = np.ascontiguousarray(image, dtype=np.uint8).copy()
@@ -69,18 +76,20 @@ def draw_detections(image: np.ndarray, dets: Detections, classes: Sequence[str])
     scale = float(np.clip(short_side / 700, 0.4, 1.5))
     text_thickness = max(1, round(scale * 1.5))
     tag_height = cv2.getTextSize("Ag", FONT, scale, text_thickness)[0][1] * 1.6
-    for i in np.argsort(np.asarray(dets.scores), kind="stable"):
+    confidences = dets.confidences
+    for i in np.argsort(confidences, kind="stable"):
         x1, y1, x2, y2 = (round(float(v)) for v in dets.boxes[i])
         colour = class_colour(int(dets.labels[i]))
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, line, cv2.LINE_AA)
-        text = _ascii(f"{classes[int(dets.labels[i])]} {float(dets.scores[i]):.2f}")
+        text = _ascii(f"{classes[int(dets.labels[i])]} {float(confidences[i]):.2f}")
         top = y1 - tag_height if y1 >= tag_height else y1 + line
         _label(canvas, text, x1, int(top), colour, scale, text_thickness)
     return canvas
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Encode (H, W, 3) uint8 RGB by the path's extension (PNG when OpenCV has no encoder for it) and write atomically."""
+def write_image(path: Path, image: np.ndarray) -> Path:
+    """Encode (H, W, 3) uint8 RGB by the path's extension (PNG when OpenCV has no encoder for it, with a
+    .png suffix then) and write atomically; returns the path written."""
     extension = path.suffix.lower() or ".png"
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     try:
@@ -90,102 +99,88 @@ def write_image(path: Path, image: np.ndarray) -> None:
     if not ok:
         path, (ok, data) = path.with_suffix(".png"), cv2.imencode(".png", bgr)
     atomic_write_bytes(path, data.tobytes())
+    return path
 
 
-def save_visualization(path: Path, image: np.ndarray, dets: Detections, classes: Sequence[str]) -> None:
-    write_image(Path(path), draw_detections(image, dets, classes))
+# -- charts (matplotlib, an optional extra) ----------------------------------------------------------
+
+FIGURE_SIZE = (7.2, 5.4)  # inches at 100 dpi: 720 × 540 pixels
 
 
-# -- precision-recall curves --------------------------------------------------------------------------
-
-CHART_SIZE = (720, 540)  # width, height
-GRID_COLOUR = (225, 225, 225)
-AXIS_COLOUR = (60, 60, 60)
+class PlotError(SppnetError, RuntimeError):
+    """A chart that cannot be drawn (matplotlib missing); the message says what to install."""
 
 
-class _Axes:
-    """Maps recall/precision in [0, 1] to pixels of the plot area of a chart."""
-
-    def __init__(self, left: int, top: int, right: int, bottom: int):
-        self.left, self.top, self.right, self.bottom = left, top, right, bottom
-
-    def point(self, recall: float, precision: float) -> tuple[int, int]:
-        return (round(self.left + recall * (self.right - self.left)),
-                round(self.bottom - precision * (self.bottom - self.top)))
+def check_charts() -> None:
+    """Raise :class:`PlotError` (one line: what to install) unless matplotlib can be imported."""
+    _figure()
 
 
-def _envelope(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """(M,) recall, precision -> (2M, 2) step points of the interpolated precision.
+def _figure(size: tuple[float, float] = FIGURE_SIZE):
+    """A matplotlib Figure drawn by the Agg canvas: no pyplot, no global backend, no display needed."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise PlotError("charts need matplotlib, which is not installed: pip install 'sppnet[plots]'") from None
+    return Figure(figsize=size, dpi=100, layout="constrained")
 
-    At each recall it is the best precision at that recall or beyond: the curve VOC AP integrates.
-    """
+
+def _save_figure(figure, path: Path) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    """Rows of plain values as CSV, written atomically: the charts' numbers, for any other tool."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode())
+    return path
+
+
+def _envelope(recall: np.ndarray, precision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(M,) recall, precision -> (M + 1,) recall from 0 and the interpolated precision there, for a
+    step plot ("pre"): at each recall the best precision at that recall or beyond, the curve VOC AP integrates."""
     best = np.maximum.accumulate(precision[::-1])[::-1]
-    starts = np.concatenate(([0.0], recall[:-1]))
-    return np.stack([np.stack([starts, best], 1), np.stack([recall, best], 1)], 1).reshape(-1, 2)
+    return np.concatenate(([0.0], recall)), np.concatenate((best[:1], best))
 
 
-def _on_white(colour: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Light palette colours (yellow, beige, mint) darkened until a line on white stands out."""
+def _on_white(colour: tuple[int, int, int]) -> tuple[float, float, float]:
+    """Light palette colours (yellow, beige, mint) darkened until a line on white stands out; 0..1 floats."""
     luma = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
     factor = min(1.0, 160 / luma) if luma > 0 else 1.0
-    return tuple(int(c * factor) for c in colour)
+    return tuple(c * factor / 255 for c in colour)
 
 
-def _draw_axes(canvas: np.ndarray, axes: _Axes) -> None:
-    for tick in np.arange(11) / 10:
-        x, _ = axes.point(tick, 0)
-        _, y = axes.point(0, tick)
-        cv2.line(canvas, (x, axes.top), (x, axes.bottom), GRID_COLOUR, 1)
-        cv2.line(canvas, (axes.left, y), (axes.right, y), GRID_COLOUR, 1)
-        if round(tick * 10) % 2 == 0:
-            label = f"{tick:.1f}"
-            (w, h), _ = cv2.getTextSize(label, FONT, 0.45, 1)
-            cv2.putText(canvas, label, (x - w // 2, axes.bottom + h + 8), FONT, 0.45, AXIS_COLOUR, 1, cv2.LINE_AA)
-            cv2.putText(canvas, label, (axes.left - w - 8, y + h // 2), FONT, 0.45, AXIS_COLOUR, 1, cv2.LINE_AA)
-    cv2.rectangle(canvas, (axes.left, axes.top), (axes.right, axes.bottom), AXIS_COLOUR, 1)
-    (w, h), _ = cv2.getTextSize("recall", FONT, 0.6, 1)
-    cv2.putText(canvas, "recall", ((axes.left + axes.right - w) // 2, axes.bottom + 48), FONT, 0.6, AXIS_COLOUR, 1,
-                cv2.LINE_AA)
-    # OpenCV draws horizontal text only: the vertical axis title is drawn on a strip, then turned
-    (w, h), _ = cv2.getTextSize("precision", FONT, 0.6, 1)
-    strip = np.full((h + 10, w + 4), 255, np.uint8)
-    cv2.putText(strip, "precision", (2, h + 3), FONT, 0.6, AXIS_COLOUR[0], 1, cv2.LINE_AA)
-    turned = cv2.rotate(strip, cv2.ROTATE_90_COUNTERCLOCKWISE)
-    y0 = (axes.top + axes.bottom - turned.shape[0]) // 2
-    region = canvas[y0:y0 + turned.shape[0], 12:12 + turned.shape[1]]
-    region[:] = np.minimum(region, turned[..., None])
-
-
-def pr_chart(series: Sequence[tuple[str, np.ndarray, np.ndarray, tuple[int, int, int]]], title: str) -> np.ndarray:
-    """A (540, 720, 3) uint8 RGB chart of precision against recall with a legend.
+def pr_figure(series: Sequence[tuple[str, np.ndarray, np.ndarray, tuple[int, int, int]]], title: str):
+    """A 720 × 540 matplotlib Figure of precision against recall, with a legend for several series.
 
     ``series``: (legend text, recall (M,), precision (M,), RGB colour), each in decreasing-score
     order as :func:`~detection.evaluation.voc_eval.evaluate_class` returns them. Each is drawn as its
     interpolated (monotone) precision, with the raw curve faintly behind it.
     """
-    width, height = CHART_SIZE
-    canvas = np.full((height, width, 3), 255, np.uint8)
-    legend_width = 200 if len(series) > 1 else 0
-    axes = _Axes(left=80, top=60, right=width - 30 - legend_width, bottom=height - 70)
-    _draw_axes(canvas, axes)
-    cv2.putText(canvas, _ascii(title), (axes.left, 38), FONT, 0.7, (0, 0, 0), 2, cv2.LINE_AA)
-    for i, (label, recall, precision, colour) in enumerate(series):
+    figure = _figure()
+    axes = figure.add_subplot()
+    for label, recall, precision, colour in series:
         recall, precision = np.asarray(recall, np.float64), np.asarray(precision, np.float64)
         colour = _on_white(colour)
         if len(recall) and np.isfinite(recall).all():
-            faint = tuple(int(255 - 0.35 * (255 - c)) for c in colour)
-            raw = np.array([axes.point(r, p) for r, p in zip(recall, precision)], np.int32)
-            cv2.polylines(canvas, [raw], False, faint, 1, cv2.LINE_AA)
-            steps = np.array([axes.point(r, p) for r, p in _envelope(recall, precision)], np.int32)
-            cv2.polylines(canvas, [steps], False, colour, 2, cv2.LINE_AA)
-        elif len(series) == 1:
+            axes.plot(recall, precision, color=colour, alpha=0.35, linewidth=1)
+            axes.step(*_envelope(recall, precision), where="pre", color=colour, linewidth=2, label=label)
+        else:
             note = "no ground-truth boxes" if len(recall) else "no detections"
-            cv2.putText(canvas, note, (axes.left + 20, axes.top + 40), FONT, 0.7, AXIS_COLOUR, 1, cv2.LINE_AA)
-        if legend_width:
-            y = axes.top + 10 + 22 * i
-            cv2.line(canvas, (axes.right + 15, y), (axes.right + 40, y), colour, 3, cv2.LINE_AA)
-            cv2.putText(canvas, _ascii(label), (axes.right + 48, y + 5), FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    return canvas
+            axes.plot([], [], color=colour, linewidth=2, label=f"{label} ({note})")
+            if len(series) == 1:
+                axes.text(0.05, 0.92, note, transform=axes.transAxes)
+    axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision", title=title)
+    axes.grid(True, color="0.9")
+    if len(series) > 1:
+        axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small", frameon=False)
+    return figure
 
 
 def _file_stem(name: str) -> str:
@@ -194,19 +189,58 @@ def _file_stem(name: str) -> str:
 
 def save_pr_curves(curves: dict[str, tuple[float, np.ndarray, np.ndarray]], out_dir: str | Path,
                    metric: str) -> list[Path]:
-    """Write ``pr_<class>.png`` for each class and ``pr_all.png`` with every class; return the paths.
+    """Write ``pr_<class>.png`` per class, ``pr_all.png`` with every class and ``pr_curves.csv``
+    (class, AP, recall, precision: one row per detection of each class); return the paths.
 
     ``curves``: class name -> (AP, recall, precision), as :func:`~detection.evaluation.voc_eval.class_curves` gives.
+    Raises :class:`PlotError` without matplotlib, before writing anything.
     """
+    check_charts()  # matplotlib missing: fail before any file is written
     out_dir = Path(out_dir)
     paths, everything = [], []
     for index, (name, (ap, recall, precision)) in enumerate(curves.items()):
         colour = class_colour(index)
-        chart = pr_chart([(name, recall, precision, colour)], f"{name}: AP {100 * ap:.1f}% ({metric}, IoU 0.5)")
-        paths.append(out_dir / f"pr_{_file_stem(name)}.png")
-        write_image(paths[-1], chart)
+        figure = pr_figure([(name, recall, precision, colour)], f"{name}: AP {100 * ap:.1f}% ({metric}, IoU 0.5)")
+        paths.append(_save_figure(figure, out_dir / f"pr_{_file_stem(name)}.png"))
         everything.append((f"{name} {100 * ap:.1f}", recall, precision, colour))
     mean = np.mean([c[0] for c in curves.values()]) if curves else 0.0
-    paths.append(out_dir / "pr_all.png")
-    write_image(paths[-1], pr_chart(everything, f"all classes: mAP {100 * mean:.1f}% ({metric}, IoU 0.5)"))
+    figure = pr_figure(everything, f"all classes: mAP {100 * mean:.1f}% ({metric}, IoU 0.5)")
+    paths.append(_save_figure(figure, out_dir / "pr_all.png"))
+    rows = ((name, f"{ap:.6f}", f"{r:.6f}", f"{p:.6f}")
+            for name, (ap, recall, precision) in curves.items() for r, p in zip(recall, precision))
+    paths.append(_write_csv(out_dir / "pr_curves.csv", ("class", "ap", "recall", "precision"), rows))
+    return paths
+
+
+FINETUNE_COLUMNS = ("iteration", "lr", "loss", "accuracy", "fg_accuracy")
+
+
+def save_finetune_curves(history: Sequence[dict], out_dir: str | Path, plot: bool = True) -> list[Path]:
+    """Fine-tuning's history (``Trainer.finetune_history()``: one dict per logged interval) ->
+    ``finetune.csv`` and, with ``plot``, ``finetune.png`` (loss; accuracy over all and over
+    foreground windows; against the iteration). Returns the paths; none for an empty history.
+
+    Raises :class:`PlotError` when ``plot`` and matplotlib is missing, before writing anything.
+    """
+    if plot:
+        check_charts()
+    if not history:
+        return []
+    out_dir = Path(out_dir)
+    paths = [_write_csv(out_dir / "finetune.csv", FINETUNE_COLUMNS,
+                        ([entry[k] for k in FINETUNE_COLUMNS] for entry in history))]
+    if plot:
+        figure = _figure((9.6, 4.0))
+        loss, accuracy = figure.subplots(1, 2)
+        iterations = [entry["iteration"] for entry in history]
+        loss.plot(iterations, [entry["loss"] for entry in history], color=_on_white(PALETTE[3]), marker=".")
+        loss.set(xlabel="iteration", ylabel="loss (softmax, averaged per interval)", title="fine-tuning loss")
+        for key, colour in (("accuracy", PALETTE[1]), ("fg_accuracy", PALETTE[0])):
+            accuracy.plot(iterations, [entry[key] for entry in history], color=_on_white(colour), marker=".",
+                          label={"accuracy": "all windows", "fg_accuracy": "foreground windows"}[key])
+        accuracy.set(xlabel="iteration", ylabel="accuracy", ylim=(0, 1.02), title="fine-tuning accuracy")
+        accuracy.legend(loc="lower right")
+        for axes in (loss, accuracy):
+            axes.grid(True, color="0.9")
+        paths.append(_save_figure(figure, out_dir / "finetune.png"))
     return paths

@@ -31,6 +31,9 @@ from detection.core.config import BACKBONES
 from detection.core.errors import SppnetError
 from features.receptive_field import conv_geometry
 
+# Mixed precision of the conv layers (FeatureConfig.amp): autocast dtypes by name; "off" = float32
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's RGB statistics, for pixels in [0, 1]
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ZF_PIXEL_MEAN = 128.0  # official SPP code: BGR minus a constant 128, no scaling
@@ -83,7 +86,8 @@ class PadToMultiple(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H + pad_h, W + pad_w)."""
         pad_h, pad_w = (-x.shape[-2]) % self.multiple, (-x.shape[-1]) % self.multiple
-        return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+        # padded even by zero pixels: no branch on the size, so a traced/exported graph fits every size
+        return F.pad(x, (0, pad_w, 0, pad_h))
 
     def extra_repr(self) -> str:
         return f"multiple={self.multiple}"
@@ -122,6 +126,16 @@ class Backbone(nn.Module):
         """(B, 3, H, W) preprocessed float -> (B, channels, H', W') conv features."""
         return self.body(x)
 
+    def convolve(self, x: torch.Tensor, amp: torch.dtype | None = None) -> torch.Tensor:
+        """:meth:`forward` with an optional mixed precision: under autocast to ``amp`` (bf16/fp16) the
+        input goes in as channels_last (the body should be converted too, :func:`prepare_backbone`)
+        and the float32 map comes back in the default layout. ``amp=None``: plain :meth:`forward`."""
+        if amp is None:
+            return self(x)
+        with torch.autocast(x.device.type, dtype=amp):
+            out = self(x.contiguous(memory_format=torch.channels_last))
+        return out.float().contiguous()
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 RGB (H, W, 3) or (B, H, W, 3), any device -> (B, 3, H, W) float32 on that device.
 
@@ -140,6 +154,21 @@ class Backbone(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, channels={self.channels}, stride={self.stride}, first_center={self.first_center}"
+
+
+def conv_precision(amp: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype the conv layers run in: that of ``amp`` ("bf16", "fp16") on CUDA; None
+    (float32) for "off" and on every other device, where mixed precision brings no speed."""
+    if amp != "off" and amp not in AMP_DTYPES:
+        raise ValueError(f"unknown amp {amp!r}; choose off, {', '.join(AMP_DTYPES)}")
+    return AMP_DTYPES.get(amp) if torch.device(device).type == "cuda" else None
+
+
+def prepare_backbone(backbone: Backbone, device: torch.device | str, amp: torch.dtype | None) -> Backbone:
+    """``backbone`` moved to ``device`` in eval mode, in channels_last memory format when ``amp``
+    (tensor cores read NHWC; the weights' values are unchanged)."""
+    backbone = backbone.to(device).eval()
+    return backbone.to(memory_format=torch.channels_last) if amp is not None else backbone
 
 
 def build_backbone(name: str, weights: str | Path | None = None, pretrained: bool = True) -> Backbone:

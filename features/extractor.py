@@ -8,7 +8,7 @@ stages and reruns never run the conv layers again.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 
 from detection.core.cache import Cache
 from detection.core.config import FeatureConfig, fingerprint
-from features.backbones import Backbone
+from features.backbones import Backbone, conv_precision, prepare_backbone
 from features.projection import choose_scales, image_scale_factors, project_boxes
 from features.spp import spatial_pyramid_pool, spp_output_dim
 
@@ -24,9 +24,11 @@ CONV_STAGE = "conv"
 CACHE_PRECISIONS = {"float16": 2, "int8": 1}  # bytes per cached map value
 
 
-def conv_fingerprint(backbone: str, weights_id: str, config: FeatureConfig) -> str:
-    """What cached conv maps depend on: the backbone and its weights' hash, the scales, the stored precision."""
-    parts = (backbone, weights_id, tuple(config.scales))
+def conv_fingerprint(backbone: str, weights_id: str, config: FeatureConfig, amp: str | None = None) -> str:
+    """What cached conv maps depend on: the backbone and its weights' hash, the scales, the stored
+    precision and, when the conv layers run in mixed precision (``amp``, CUDA only), that precision:
+    such maps differ from float32 ones in the last bits, so they are cached apart."""
+    parts = (backbone, weights_id, tuple(config.scales), *([amp] if amp is not None else []))
     # fp16 entries keep the fingerprint they had before precisions were a setting
     return fingerprint(*parts) if config.cache_precision == "float16" else fingerprint(*parts, config.cache_precision)
 
@@ -39,6 +41,31 @@ def resize_to_scale(image: np.ndarray, scale: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
 
 
+@runtime_checkable
+class WindowFeatureExtractor(Protocol):
+    """What training and detection use of a window-feature extractor, SPP-net's
+    (:class:`SPPFeatureExtractor`, conv once per image) or R-CNN's (:class:`features.rcnn.RCNNFeatureExtractor`,
+    conv per window): the code above is the same for both."""
+
+    backbone: Backbone
+    config: FeatureConfig
+    device: torch.device
+
+    @property
+    def output_dim(self) -> int:
+        """D, the length of one window's feature vector."""
+
+    def compute_maps(self, image: np.ndarray) -> list[torch.Tensor]:
+        """(H, W, 3) uint8 RGB -> what :meth:`pool` reads, on the device."""
+
+    def maps(self, key: str, load_image: Callable[[], np.ndarray]) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        """Image ``key``'s maps (cached where that pays) and its (height, width); ``load_image`` on a miss."""
+
+    def pool(self, maps: list[torch.Tensor], boxes: np.ndarray, image_size: tuple[int, int],
+             scale_index: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, 4) windows in original image pixels -> (N, D) float32 features on the device."""
+
+
 class SPPFeatureExtractor:
     """Conv maps per image and scale (optionally cached), and pooled window features.
 
@@ -48,11 +75,12 @@ class SPPFeatureExtractor:
 
     def __init__(self, backbone: Backbone, config: FeatureConfig, device: torch.device | str = "cpu",
                  cache: Cache | None = None, weights_id: str = ""):
-        self.backbone = backbone.to(device).eval()
         self.config = config
         self.device = torch.device(device)
+        self.amp = conv_precision(config.amp, self.device)
+        self.backbone = prepare_backbone(backbone, self.device, self.amp)
         self.cache = cache
-        self.conv_fingerprint = conv_fingerprint(backbone.name, weights_id, config)
+        self.conv_fingerprint = conv_fingerprint(backbone.name, weights_id, config, self.amp)
         if cache is not None:
             cache.describe(CONV_STAGE, self.conv_fingerprint,
                            {"backbone": backbone.name, "weights": weights_id, "scales": list(config.scales),
@@ -68,7 +96,7 @@ class SPPFeatureExtractor:
         maps = []
         for scale in self.config.scales:
             pixels = torch.from_numpy(resize_to_scale(image, scale)).to(self.device)
-            maps.append(self.backbone(self.backbone.preprocess(pixels))[0])
+            maps.append(self.backbone.convolve(self.backbone.preprocess(pixels), self.amp)[0])
         return maps
 
     def maps(self, key: str, load_image: Callable[[], np.ndarray],
@@ -209,12 +237,9 @@ def distinct_windows(scale_index: torch.Tensor | np.ndarray, cells: torch.Tensor
 
 
 def build_extractor(backbone: Backbone, config: FeatureConfig, device: torch.device | str = "cpu",
-                    cache: Cache | None = None, weights_id: str = ""):
-    """The window-feature extractor of ``config.mode``: SPP-net's (conv once) or R-CNN's (conv per window).
-
-    Both offer ``maps(key, load_image)``, ``compute_maps(image)``, ``pool(maps, boxes, image_size)``
-    and ``output_dim``, so training and detection code is the same for the two.
-    """
+                    cache: Cache | None = None, weights_id: str = "") -> WindowFeatureExtractor:
+    """The window-feature extractor of ``config.mode``: SPP-net's (conv once) or R-CNN's (conv per window),
+    both a :class:`WindowFeatureExtractor`."""
     if config.mode == "spp":
         return SPPFeatureExtractor(backbone, config, device, cache=cache, weights_id=weights_id)
     if config.mode == "rcnn":

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from detection.core.config import FeatureConfig
-from features.backbones import Backbone
+from features.backbones import Backbone, conv_precision, prepare_backbone
 from features.spp import spp_output_dim, whole_map_pyramid_pool
 
 # A grid_sample coordinate (normalised, align_corners=False) whose four neighbours all lie off the
@@ -120,7 +120,7 @@ def warp_crops(image: torch.Tensor, source: np.ndarray, placement: np.ndarray, c
 
 
 class RCNNFeatureExtractor:
-    """R-CNN mode behind the same interface as :class:`features.extractor.SPPFeatureExtractor`.
+    """R-CNN mode behind the same interface as SPP-net's: a :class:`features.extractor.WindowFeatureExtractor`.
 
     Its "maps" are the normalised image itself (one (3, H, W) tensor in a list): there is nothing
     per image worth caching, since every window needs its own conv pass. ``conv_timer`` wraps each
@@ -128,9 +128,10 @@ class RCNNFeatureExtractor:
     """
 
     def __init__(self, backbone: Backbone, config: FeatureConfig, device: torch.device | str = "cpu"):
-        self.backbone = backbone.to(device).eval()
         self.config = config
         self.device = torch.device(device)
+        self.amp = conv_precision(config.amp, self.device)
+        self.backbone = prepare_backbone(backbone, self.device, self.amp)
         self.conv_timer: Callable[[], ContextManager] = contextlib.nullcontext
 
     @property
@@ -165,6 +166,7 @@ class RCNNFeatureExtractor:
         for start in range(0, len(boxes), cfg.rcnn_batch_size):
             stop = min(start + cfg.rcnn_batch_size, len(boxes))
             with self.conv_timer():
-                fmap = self.backbone(warp_crops(image, source[start:stop], placement[start:stop], crop_size))
+                crops = warp_crops(image, source[start:stop], placement[start:stop], crop_size)
+                fmap = self.backbone.convolve(crops, self.amp)
             out[start:stop] = whole_map_pyramid_pool(fmap, cfg.pyramid_levels)
         return out

@@ -235,3 +235,43 @@ def whole_map_pyramid_pool(feature_maps: torch.Tensor, levels: Sequence[int] = (
         else:  # (B, C, m, m) -> (B, C, n, n), the max over each (m/n)² group of bins
             pooled[n] = pooled[m].unflatten(3, (n, m // n)).amax(dim=4).unflatten(2, (n, m // n)).amax(dim=3)
     return torch.cat([pooled[n].flatten(1) for n in levels], dim=1)
+
+
+def roi_pyramid_pool(feature_map: torch.Tensor, cell_boxes: torch.Tensor,
+                     levels: Sequence[int] = (1, 2, 3, 6)) -> torch.Tensor:
+    """The vectors of :func:`spatial_pyramid_pool` through ``torchvision.ops.roi_pool``, one call per level.
+
+    roi_pool (ONNX ``MaxRoiPool``) splits a window of w cells into bins floor(i·w/n) .. ceil((i+1)·w/n) - 1
+    as §3 does, but in float32 (i · (w/n)), so a product that should be a whole number can land a
+    hair off it and move a bin edge by a cell; :func:`roi_pool_bins_exact` says for which levels and
+    window sizes that never happens. This is the form for export (a graph of standard operators,
+    no data-dependent shapes); :func:`spatial_pyramid_pool` stays the fast path.
+
+    Args:
+        feature_map: (C, H, W) or (1, C, H, W).
+        cell_boxes: (N, 4) inclusive cells (x0, y0, x1, y1) inside the map.
+        levels: pyramid levels n, in output order.
+
+    Returns:
+        (N, C · Σ n²) float, each level flattened channel-major.
+    """
+    from torchvision.ops import roi_pool
+
+    fmap = feature_map if feature_map.dim() == 4 else feature_map.unsqueeze(0)
+    boxes = cell_boxes.to(fmap.dtype).reshape(-1, 4)
+    rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)  # (N, 5): batch index 0, then the box
+    return torch.cat([roi_pool(fmap, rois, (n, n), 1.0).flatten(1) for n in levels], dim=1)
+
+
+def roi_pool_bins_exact(levels: Sequence[int], max_cells: int) -> bool:
+    """Whether roi_pool's float32 bin edges (floor/ceil of i · float32(w / n)) equal the exact §3 edges
+    for every level n in ``levels`` and every window size w = 1 .. ``max_cells`` cells."""
+    w = torch.arange(1, max_cells + 1, dtype=torch.int64)[:, None]
+    for n in set(levels):
+        i = torch.arange(n + 1, dtype=torch.int64)[None, :]
+        scaled = i.float() * (w.float() / n)  # float32, as roi_pool and MaxRoiPool compute it
+        exact_floor = torch.div(i * w, n, rounding_mode="floor")
+        exact_ceil = -torch.div(-i * w, n, rounding_mode="floor")
+        if not (torch.equal(torch.floor(scaled).long(), exact_floor) and torch.equal(torch.ceil(scaled).long(), exact_ceil)):
+            return False
+    return True

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import urllib.error
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -234,3 +235,43 @@ def test_within_channel_lrn_matches_reference_loop(size):
     x = torch.randn(2, 3, 6, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 30
     lrn = WithinChannelLRN(size=size, alpha=5e-3, beta=0.75)  # alpha large enough to matter
     torch.testing.assert_close(lrn(x), _lrn_reference(x, size, 5e-3, 0.75))
+
+
+def test_amp_is_a_cuda_setting_and_a_no_op_on_the_cpu():
+    import typing
+
+    from detection.core.config import AmpMode, FeatureConfig
+    from features.backbones import AMP_DTYPES, conv_precision
+    from features.extractor import SPPFeatureExtractor
+    from tools.cli import build_parser
+    from tools.common import config_from_args
+
+    assert conv_precision("bf16", "cuda") is torch.bfloat16 and conv_precision("fp16", "cuda:1") is torch.float16
+    assert conv_precision("off", "cuda") is None and conv_precision("bf16", "cpu") is None
+    with pytest.raises(ValueError, match="amp"):
+        conv_precision("fp8", "cuda")
+    torch.manual_seed(0)
+    backbone = build_backbone("zf5", pretrained=False)
+    image = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    plain = SPPFeatureExtractor(backbone, FeatureConfig(scales=(96,)))
+    amp = SPPFeatureExtractor(backbone, FeatureConfig(scales=(96,), amp="bf16"))
+    assert amp.amp is None and amp.conv_fingerprint == plain.conv_fingerprint  # same maps, same cache
+    assert torch.equal(amp.compute_maps(image)[0], plain.compute_maps(image)[0])
+    # the flag reaches the config from the command line
+    args = build_parser().parse_args(["train", "--data", "d", "--work-dir", "w", "--amp"])
+    assert config_from_args(args).features.amp == "bf16"
+    assert {"off", *AMP_DTYPES} == set(typing.get_args(AmpMode))  # the config's names, each with a dtype
+    args = build_parser().parse_args(["train", "--data", "d", "--work-dir", "w"])
+    assert config_from_args(args).features.amp == "off"
+
+
+def test_convolve_under_autocast_is_close_and_float32_contiguous():
+    """The autocast path itself, run on the CPU's bf16 autocast (on CUDA it is the same code)."""
+    torch.manual_seed(0)
+    backbone = build_backbone("zf5", pretrained=False).eval()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        reference = backbone.convolve(x)
+        mixed = backbone.to(memory_format=torch.channels_last).convolve(x, torch.bfloat16)
+    assert mixed.dtype == torch.float32 and mixed.is_contiguous() and mixed.shape == reference.shape
+    assert torch.allclose(mixed, reference, rtol=0.05, atol=0.05 * float(reference.abs().max()))

@@ -5,10 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from detection.runs.benchmark import (
-    MODES, STEPS, BenchmarkError, Stopwatch, fixed_proposals, format_report, peak_memory, reset_peak_memory,
-)
+from detection.core.config import SPPConfig
 from detection.data.demo import make_demo_dataset
+from detection.detector import Detector
+from detection.runs.benchmark import MODES, STEPS, BenchmarkError, calibrated, fixed_proposals, mode_detector, run_mode
+from detection.runs.benchmark_report import format_report
+from detection.runs.timing import Stopwatch, peak_memory, reset_peak_memory
+from features.extractor import SPPFeatureExtractor, WindowFeatureExtractor
+from features.rcnn import RCNNFeatureExtractor
 from tools.cli import main
 
 
@@ -53,6 +57,54 @@ def test_format_report_is_the_papers_table():
     assert [line.split("|")[1].strip() for line in lines if line.startswith("| ") and "method" not in line] == [
         "R-CNN", "SPP-net 1-scale", "SPP-net 5-scale"] * 2
     assert "77.2×" in table and "100.0×" in table and "227² crops" in table and "480,688" in table
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    config = SPPConfig().replace(features={"backbone": "zf5", "scales": (64,), "rcnn_batch_size": 3})
+    return Detector.untrained(config, ("a", "b"), "cpu", seed=1)
+
+
+def test_untrained_detector_and_its_variants_share_weights_not_settings(untrained):
+    assert untrained.config.svm.feature_layer == "pool5" and untrained.svm_weights.shape[0] == 2
+    assert (untrained.svm_bias == 0).all() and untrained.regressor.coef_.shape[0] == 2
+    assert torch.equal(Detector.untrained(untrained.config, ("a", "b"), "cpu", seed=1).svm_weights,
+                       untrained.svm_weights)  # seeded
+    rcnn = mode_detector(untrained, "rcnn", (96,), None)
+    assert isinstance(rcnn.extractor, RCNNFeatureExtractor) and isinstance(untrained.extractor, SPPFeatureExtractor)
+    assert rcnn.config.features.scales == (96,) and untrained.config.features.scales == (64,)
+    assert rcnn.backbone is untrained.backbone and rcnn.regressor is untrained.regressor
+    assert torch.equal(rcnn.svm_weights, untrained.svm_weights)
+    for extractor in (rcnn.extractor, untrained.extractor):
+        assert isinstance(extractor, WindowFeatureExtractor)
+    rescored = untrained.replace(feature_scale=2.0, svm_bias=np.array([1.0, -1.0]))
+    assert rescored.feature_scale == 2.0 and rescored.svm_bias.tolist() == [1.0, -1.0]
+    assert untrained.feature_scale == 1.0 and (untrained.svm_bias == 0).all()
+
+
+def test_calibrated_sets_the_norm_and_the_pass_fraction_on_a_copy(untrained):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    big = untrained.replace(features={"scales": (256,)})  # a 16 x 20 map: windows on distinct cells
+    corners = rng.uniform(0, [79, 63], (40, 2, 2))
+    boxes = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1)
+    tuned = calibrated(big, image, boxes, pass_fraction=0.25)
+    features = tuned.features(tuned.compute_maps(image), boxes, image.shape[:2])
+    assert float((features.svm * tuned.feature_scale).norm(dim=1).mean()) == pytest.approx(20.0, rel=1e-4)
+    passing = (tuned.score(features) > tuned.config.test.score_threshold).float().mean(dim=0)
+    assert passing.tolist() == pytest.approx([0.25, 0.25], abs=0.03)
+    assert big.feature_scale == 1.0 and (big.svm_bias == 0).all()
+
+
+def test_rcnn_progress_bar_counts_windows_batch_by_batch(untrained, capsys):
+    rcnn = mode_detector(untrained, "rcnn", (64,), None)
+    image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    boxes = fixed_proposals(np.array([[0, 0, 30, 30], [10, 5, 70, 60], [40, 20, 79, 63.0]]), 7)
+    row = run_mode(rcnn, [image, image], [boxes, boxes], warmup=0, recalibrate=False, pass_fraction=None,
+                   label="rcnn", progress=True)
+    assert row["images"] == 2 and row["conv"] > 0
+    err = capsys.readouterr().err
+    assert "rcnn" in err and "14/14" in err and "win" in err  # 2 images × 7 windows, in batches of 3
 
 
 @pytest.mark.slow

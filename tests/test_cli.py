@@ -86,7 +86,7 @@ def test_version_comes_from_the_package_metadata(capsys):
     (["--bbox-min-overlap", "nan"], "--bbox-min-overlap: must be a finite number, got nan"),
     (["--set", "svm.C=0"], "--set svm.C: must be > 0, got 0"),
     (["--set", "test.nms=0.4"], "--set test.nms: unknown option (did you mean test.nms_iou?); test has "
-                                "score_threshold, nms_iou, max_per_class, max_per_image"),
+                                "score_threshold, detect_min_probability, nms_iou, max_per_class, max_per_image"),
     (["--set", "finetune.iterations=many"], "--set finetune.iterations: must be an integer, got 'many'"),
     (["--set", "svm.C"], "--set: expected KEY=VALUE such as svm.C=0.002, got 'svm.C'"),
 ])
@@ -169,13 +169,13 @@ def test_train_writes_the_resolved_config_which_config_reads_back(tmp_path):
 @pytest.mark.slow
 def test_detect_set_changes_the_models_test_options_and_is_part_of_the_run(tmp_path, capsys):
     from detection.data.demo import make_demo_dataset
-    from detection.runs.benchmark import untrained_detector
+    from detection.detector import Detector
 
     voc = make_demo_dataset(tmp_path / "data", num_trainval=1, num_test=1, seed=3, image_size=(160, 120))
     model = tmp_path / "model.pt"
     config = SPPConfig().replace(features={"backbone": "zf5", "pyramid_levels": (1, 2), "scales": (120,)},
                                  proposals={"resize_width": 160, "max_proposals": 50})
-    untrained_detector(config, "cpu", classes=("a", "b")).save(model)  # random SVMs: most windows pass
+    Detector.untrained(config, ("a", "b"), "cpu").save(model)  # random SVMs: most windows pass
     image, out = str(voc / "JPEGImages" / "000001.jpg"), tmp_path / "out"
     common = ["--model", str(model), "--out", str(out), "--device", "cpu", "--workers", "0", "--quiet"]
     assert main(["detect", image, *common, "--set", "test.max_per_image=3"]) == 0

@@ -126,7 +126,7 @@ def test_eval_command_coco_metric_plots_and_coco_input(tmp_path, capsys):
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["AP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0)
     assert "AP_medium" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["pr_all.png", "pr_cat.png", "pr_dog.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["pr_all.png", "pr_cat.png", "pr_curves.csv", "pr_dog.png"]
     # the COCO file of `sppnet detect` (absolute file names, an image outside the split) is read too
     images = [{"id": i, "file_name": str(record.path), "width": 320, "height": 240}
               for i, record in enumerate(dataset, start=1)]

@@ -157,11 +157,9 @@ def test_fine_tuning_fingerprints_ignore_checkpoints_and_keep_their_old_values()
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    from detection.runs.benchmark import untrained_detector
-
     config = SPPConfig().replace(features={"backbone": "zf5", "pyramid_levels": (1, 2)})
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    untrained_detector(config, "cpu", classes=("a", "b")).save(path)
+    Detector.untrained(config, ("a", "b"), "cpu").save(path)
     return path
 
 

@@ -16,8 +16,9 @@ LAYERS = [
     ("detection.core",),
     ("proposals", "features", "svm", "detection.data"),
     ("detection.evaluation", "detection.visualize"),
+    ("detection.results",),
     ("detection.detector",),
-    ("detection.training",),
+    ("detection.training", "detection.export"),
     ("detection.runs",),
     ("tools",),
 ]

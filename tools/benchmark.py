@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from detection.core.config import BACKBONES, FIVE_SCALES, PASS_FRACTION, SINGLE_SCALE, SPPConfig
-from tools.common import add_device_argument, device_from_args, int_at_least, parse_scales
+from tools.common import add_amp_argument, add_device_argument, device_from_args, int_at_least, parse_scales, with_amp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int_at_least(0), default=1,
                         help="untimed detections per mode first (default: %(default)s)")
     add_device_argument(parser)
+    add_amp_argument(parser)
     parser.add_argument("--threads", type=int_at_least(1), default=None,
                         help="CPU threads for torch (default: torch's, one per core); on a CPU shared with other "
                              "jobs, 1 avoids threads waiting on each other")
@@ -77,20 +78,23 @@ def _benchmark(args: argparse.Namespace) -> int:
     from detection.core.cache import atomic_write_bytes
     from detection.core.images import load_image
     from detection.detector import Detector
-    from detection.runs.benchmark import BenchmarkSettings, format_report, run_benchmark, untrained_detector
+    from detection.data.voc import VOC_CLASSES
+    from detection.runs.benchmark import BenchmarkSettings, run_benchmark
+    from detection.runs.benchmark_report import format_report
 
     device = device_from_args(args)
     if args.model:
         detector, random_svms = Detector.load(args.model, device=device), False
     else:
         config = SPPConfig().replace(features={"backbone": args.backbone, "backbone_weights": args.backbone_weights})
-        detector, random_svms = untrained_detector(config, device, seed=args.seed), True
+        detector, random_svms = Detector.untrained(config, VOC_CLASSES, device, seed=args.seed), True
+    detector = with_amp(detector, args.amp)
     images = [load_image(path) for path in _image_paths(args)[: args.num_images]]
     settings = BenchmarkSettings(proposals=args.max_proposals, warmup=args.warmup, single_scale=(args.single_scale,),
                                  multi_scale=args.scales, rcnn_images=args.rcnn_images,
                                  rcnn_batch_size=args.rcnn_batch_size, pass_fraction=args.pass_fraction)
     report = run_benchmark(detector, images, settings, random_svms=random_svms,
-                           log=(lambda _: None) if args.quiet else print)
+                           log=(lambda _: None) if args.quiet else print, progress=not args.quiet)
     report["model"] = args.model
     print(format_report(report))
     if args.json:

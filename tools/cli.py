@@ -18,6 +18,7 @@ from tools import (
     demo,
     detect_net,
     eval_net,
+    export_net,
     filter_net,
     proposal_recall,
     test_net,
@@ -35,6 +36,7 @@ COMMANDS = {
     "recall": (proposal_recall, "selective search modes compared: recall at IoU 0.5 / 0.7 and seconds per image"),
     "benchmark": (benchmark, "time SPP-net (1 and 5 scales) against R-CNN on the same images and proposals"),
     "benchmark-svm": (benchmark_svm, "time and peak memory of the SVM stage at VOC size, on generated features"),
+    "export": (export_net, "write a model's scoring (conv, pyramid pooling, head, SVMs) as ONNX or TorchScript"),
 }
 
 

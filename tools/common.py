@@ -25,6 +25,7 @@ from detection.core.config import (
     FIVE_SCALES,
     SINGLE_SCALE,
     TEST_TIME_SECTIONS,
+    AmpMode,
     ConfigError,
     SPPConfig,
     option_type,
@@ -164,6 +165,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--workers", type=int_at_least(0), default=min(4, os.cpu_count() or 1),
                         help="processes computing selective search in parallel (default: %(default)s)")
+    add_amp_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -181,6 +183,16 @@ def precomputed_from_args(args: argparse.Namespace):
     from proposals.precomputed import PrecomputedProposals
 
     return PrecomputedProposals(args.proposals)
+def add_amp_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--amp", nargs="?", const="bf16", choices=typing.get_args(AmpMode), default=None,
+                        help="conv layers in mixed precision on CUDA: bf16 when given alone, or fp16, with "
+                             "channels_last tensors; no effect on a CPU (default: off, or the model's setting; "
+                             "the config's features.amp)")
+
+
+def with_amp(detector, amp: str | None):
+    """The detector with --amp applied (a variant sharing its weights), or itself when --amp was not given."""
+    return detector if amp is None else detector.replace(features={"amp": amp})
 
 
 def add_set_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, help_text: str) -> None:
@@ -227,6 +239,8 @@ def config_from_args(args: argparse.Namespace) -> SPPConfig:
         value = getattr(args, option.dest)
         if value is not None:
             values[option.key], origins[option.key] = value, option.flag
+    if getattr(args, "amp", None) is not None:
+        values["features.amp"], origins["features.amp"] = args.amp, "--amp"
     for key, value in parse_assignments(args.set).items():
         values[key], origins[key] = value, f"--set {key}"
     base = SPPConfig() if args.config_preset is None else SPPConfig.preset(args.config_preset)

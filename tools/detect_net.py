@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from detection.core.config import DEFAULT_MAX_PIXELS, MIN_SIDE_STRIDES
+from detection.core.config import DEFAULT_MAX_PIXELS, MIN_SIDE_STRIDES, SPPConfig
 from tools.common import (
     add_proposals_argument,
     add_runtime_arguments,
@@ -51,7 +51,11 @@ outputs under --out:
   .lock              held while a run writes: a second run into the same --out (or of the
                      same --shard) stops at once with a one-line error naming the first's pid
   Scores are SVM margins (0 = the decision boundary); the model keeps those above its own
-  threshold (config test.score_threshold, -1.5 by default); --score-thresh raises it.
+  threshold (config test.score_threshold, -1.5 by default); --score-thresh raises it. A model
+  trained with calibration also gives each detection a probability in [0, 1] ("probability" in
+  predictions.jsonl, the COCO "score"; the margin is then the COCO "margin"), and only those of
+  probability >= --min-prob (default 0.5, config test.detect_min_probability) are kept; the
+  pictures show the probability. A model without calibration gives margins only.
 
 skipped and failed images:
   An image that cannot be used (missing, empty, corrupt, truncated, not an image, a shorter
@@ -107,6 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model.pt written by `sppnet train`")
     parser.add_argument("--out", required=True, help="output directory (see below)")
     add_filter_arguments(parser, "the model's threshold")
+    parser.add_argument("--min-prob", type=finite_float, default=None, metavar="P",
+                        help="keep detections of calibrated probability at least P (default: "
+                             f"{SPPConfig().test.detect_min_probability} for a calibrated model; 0 keeps all)")
     parser.add_argument("--save-vis", action="store_true", help="also write OUT/vis/: images with boxes drawn")
     parser.add_argument("--max-pixels", type=int_at_least(1), default=DEFAULT_MAX_PIXELS,
                         help="refuse images with more pixels than this (default: %(default)s)")
@@ -139,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                          topk=args.topk, classes=args.classes, save_vis=args.save_vis, max_pixels=args.max_pixels,
                          min_side=args.min_side, shard=args.shard, device=args.device, workers=args.workers,
                          video_stride=args.video_stride, progress=not args.quiet, overrides=overrides,
-                         proposals=args.proposals) as job:
+                         proposals=args.proposals, min_prob=args.min_prob, amp=args.amp) as job:
         summary = job.detect()
         _print_summary(job.label, summary.done, summary.skipped, len(summary.failed))
         if summary.done:

@@ -22,7 +22,8 @@ metrics:
          counted as false positives, as in the VOC devkit (pycocotools measures overlap with
          them as intersection over the detection's area).
 
---plot DIR writes pr_<class>.png per class and pr_all.png: precision against recall at IoU 0.5
+--plot DIR writes pr_<class>.png per class, pr_all.png and pr_curves.csv (PNG needs matplotlib, the
+`plots` extra): precision against recall at IoU 0.5
 with VOC matching (for --metric coco too), the interpolated curve bold, the raw one faint.
 """
 
@@ -41,10 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="voc07, voc10 or coco: see below (default: %(default)s)")
     parser.add_argument("--classes", type=parse_classes, default=None, help="comma-separated class names")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the metrics as JSON here")
-    parser.add_argument("--plot", metavar="DIR", default=None, help="write precision-recall curves as PNG here")
+    parser.add_argument("--plot", metavar="DIR", default=None, help="write precision-recall curves here: PNG (matplotlib) and CSV")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        from detection.visualize import check_charts
+
+        check_charts()  # before any work: matplotlib is an optional extra
     from detection.core.cache import atomic_write_bytes
     from detection.evaluation.results import evaluate_results, format_metrics, read_results
     from detection.evaluation.voc_eval import class_curves
@@ -60,5 +65,5 @@ def run(args: argparse.Namespace) -> int:
 
         curve_metric = "voc07" if args.metric == "coco" else args.metric
         paths = save_pr_curves(class_curves(dataset, results, curve_metric), args.plot, curve_metric)
-        print(f"precision-recall curves: {len(paths)} PNG files in {args.plot}")
+        print(f"precision-recall curves: {len(paths) - 1} PNG files and {paths[-1].name} in {args.plot}")
     return 0

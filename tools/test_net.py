@@ -13,6 +13,7 @@ from tools.common import (
     load_data,
     model_overrides,
     precomputed_from_args,
+    with_amp,
 )
 
 
@@ -41,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from detection.runs.test import test_model
 
     cache = Cache(args.cache_dir or Path(args.out) / "cache")
-    detector = Detector.load(args.model, device=device_from_args(args), cache=cache, overrides=overrides)
+    detector = with_amp(Detector.load(args.model, device=device_from_args(args), cache=cache, overrides=overrides),
+                        args.amp)
     dataset = load_data(args, classes=detector.classes)
     metrics = test_model(detector, dataset, args.out, cache, metric=args.metric, workers=args.workers,
                          progress=not args.quiet, proposals=precomputed_from_args(args))

@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated class names; objects of other classes are ignored (default: VOC's 20, "
                              "or the names found in the split's annotations)")
     add_images_argument(parser)
+    parser.add_argument("--plot", action="store_true",
+                        help="also draw fine-tuning's loss and accuracy as DIR/finetune.png (needs matplotlib, "
+                             "the `plots` extra); DIR/finetune.csv holds the numbers in any case")
     add_config_arguments(parser)
     add_proposals_argument(parser)
     add_runtime_arguments(parser)
@@ -53,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # every option checked before anything is imported or read
     from detection.training.trainer import Trainer
+    from detection.visualize import check_charts, save_finetune_curves
+
+    if args.plot:
+        check_charts()  # before any work: matplotlib is an optional extra
 
     device = device_from_args(args)
     dataset = load_data(args, classes=args.classes)
@@ -60,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
                       proposals=precomputed_from_args(args))
     save_config(config, trainer.work_dir)
     detector = trainer.train(dataset, stages=args.stages)
+    for path in save_finetune_curves(trainer.finetune_history(), trainer.work_dir, plot=args.plot):
+        print(f"fine-tuning curves: {path}")
     if detector is not None:
         print(f"trained on {dataset.root} ({dataset.split}): {dataset.summary()} -> {trainer.work_dir / 'model.pt'}")
     return 0

@@ -47,6 +47,7 @@ FeatureLayer = Literal["pool5", "fc6", "fc7", "ftfc6", "ftfc7"]  # what the SVMs
 ScheduleName = Literal["official", "paper"]  # keys of SCHEDULES
 ScaleSampling = Literal["random", "chosen"]
 CachePrecision = Literal["float16", "int8"]  # how the conv cache stores maps (features/extractor.py)
+AmpMode = Literal["off", "bf16", "fp16"]  # conv precision on CUDA (not in the paper): float32, or autocast to these
 Stage = Literal["proposals", "conv", "finetune", "svm", "bbox"]  # the training stages, in pipeline order
 CacheDtype = Literal["float32", "float16"]  # storage of the SVMs' cached hard negatives (§7)
 
@@ -172,6 +173,9 @@ class FeatureConfig(_Section):
     cache_precision: CachePrecision = "float16"
     rcnn_context: int = 16  # R-CNN mode: pixels of context around each window before warping
     rcnn_batch_size: int = 128  # R-CNN mode: warped windows per conv batch
+    # Not in the paper: the conv layers on CUDA under autocast, "bf16" or "fp16", with channels_last
+    # tensors (features/backbones.py); "off" = float32. Other devices always run float32.
+    amp: AmpMode = "off"
 
     _name = "features"
     _rules = {"scales": each(at_least(1)), "paper_target_side": at_least(1), "official_target_side": at_least(1),
@@ -259,11 +263,21 @@ class SVMConfig(_Section):
     # §7: dtype of the cached hard negatives, "float32" or "float16" (half the memory; the features
     # are rounded to fp16 once, when cached). R-CNN kept float32 (MATLAB single).
     cache_dtype: CacheDtype = "float32"
+    # Probabilities beside the margins (not in the paper; svm/calibration.py): after the SVMs, one
+    # Platt sigmoid per class is fitted on the proposal windows of a seeded sample of training
+    # images, a window counting as a correct detection of class j at IoU >= ``calibration_overlap``
+    # with a class-j GT box (the devkit's criterion, §10).
+    calibration_images: int = 100
+    calibration_windows_per_image: int = 500
+    calibration_overlap: float = 0.5
+    calibration_seed: int = 5
 
     _name = "svm"
     _rules = {"feature_norm_target": POSITIVE, "norm_images": at_least(1), "norm_boxes_per_image": at_least(1),
               "norm_seed": at_least(0), "C": POSITIVE, "positive_weight": POSITIVE, "bias_multiplier": POSITIVE,
-              "negative_overlap": FRACTION, "retrain_limit": at_least(0), "max_iter": at_least(1)}
+              "negative_overlap": FRACTION, "retrain_limit": at_least(0), "max_iter": at_least(1),
+              "calibration_images": at_least(1), "calibration_windows_per_image": at_least(1),
+              "calibration_overlap": FRACTION, "calibration_seed": at_least(0)}
 
 
 @dataclass(frozen=True)
@@ -286,6 +300,9 @@ class TestConfig(_Section):
     """Test time (§9)."""
 
     score_threshold: float = -1.5  # SVM margin units
+    # `sppnet detect` keeps detections of calibrated probability >= this by default (not in the
+    # paper: a picture of a photo stays readable); `sppnet test` ranks by margin and uses all
+    detect_min_probability: float = 0.5
     nms_iou: float = 0.3
     # §9: spp_test.m and rcnn_test.m keep the top 100 boxes of each class in each image
     max_per_class: int = 100
@@ -294,7 +311,8 @@ class TestConfig(_Section):
     max_per_image: int = 0
 
     _name = "test"
-    _rules = {"nms_iou": FRACTION, "max_per_class": at_least(0), "max_per_image": at_least(0)}
+    _rules = {"nms_iou": FRACTION, "max_per_class": at_least(0), "max_per_image": at_least(0),
+              "detect_min_probability": FRACTION}
 
 
 # The sections a trained model's settings may change in at test time (Detector.load's overrides).

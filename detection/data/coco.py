@@ -34,12 +34,20 @@ def coco_categories(classes: tuple[str, ...] | list[str]) -> list[dict]:
 
 
 def coco_annotations(image_id: int, dets: Detections, first_id: int = 1) -> list[dict]:
-    """One image's detections -> COCO result annotations, ids from ``first_id`` on, in detection order."""
+    """One image's detections -> COCO result annotations, ids from ``first_id`` on, in detection order.
+
+    ``score`` is the calibrated probability when there is one (then ``margin`` holds the SVM
+    margin), else the margin: within a class both rank alike, so COCO's per-class AP is the same.
+    """
     boxes = to_coco_boxes(dets.boxes)
-    return [{"id": first_id + i, "image_id": image_id, "category_id": int(label) + 1,
-             "bbox": [round(float(v), 2) for v in box], "area": round(float(box[2] * box[3]), 2),
-             "score": float(score), "iscrowd": 0}
-            for i, (box, score, label) in enumerate(zip(boxes, np.asarray(dets.scores), np.asarray(dets.labels)))]
+    annotations = [{"id": first_id + i, "image_id": image_id, "category_id": int(label) + 1,
+                    "bbox": [round(float(v), 2) for v in box], "area": round(float(box[2] * box[3]), 2),
+                    "score": float(score), "iscrowd": 0}
+                   for i, (box, score, label) in enumerate(zip(boxes, dets.confidences, np.asarray(dets.labels)))]
+    if dets.probabilities is not None:
+        for annotation, margin in zip(annotations, np.asarray(dets.scores)):
+            annotation["margin"] = float(margin)
+    return annotations
 
 
 def detections_to_coco(images: list[dict], detections: list[Detections], classes: tuple[str, ...] | list[str],

@@ -59,6 +59,7 @@ from features.head import FCHead, build_head
 from proposals.precomputed import PrecomputedProposals
 from proposals.store import ProposalStore, proposal_bytes
 from svm.bbox_regression import BoxRegressor, regression_training_set
+from svm.calibration import PlattScaling
 from svm.feature_norm import feature_norm_scale, sample_indices
 from svm.hard_negatives import HardNegativeSVMs
 
@@ -343,9 +344,32 @@ class TrainingRun:
         for entry in svms.history_:
             self._say(format_svm_retrain(entry, self.dataset.classes), console=False)
         self._say(summarise_svm_history(svms.history_, self.dataset.classes))
+        platt = self._calibration(head, layer, scale, svms.coef_, svms.intercept_)
         self.store.save("svm", self.fingerprints["svm"],
-                        {"coef": svms.coef_, "intercept": svms.intercept_, "feature_scale": scale},
+                        {"coef": svms.coef_, "intercept": svms.intercept_, "feature_scale": scale,
+                         "platt_coef": platt.coef_, "platt_intercept": platt.intercept_},
                         {"history": svms.history_}, self._stage_meta("svm", cfg.svm))
+
+    def _calibration(self, head: FCHead | None, layer: str, scale: float, coef: np.ndarray,
+                     intercept: np.ndarray) -> PlattScaling:
+        """Per-class Platt sigmoids on the trained SVMs' margins of a seeded sample of training
+        proposals, each labelled by whether it would be a correct detection (config ``svm.calibration_*``)."""
+        cfg = self.config.svm
+        windows = self.windows()
+        gt_counts = [len(w.record.boxes) for w in windows]  # the GT boxes come first: proposals follow
+        picks = sample_indices([len(w.boxes) - g for w, g in zip(windows, gt_counts)], n_images=cfg.calibration_images,
+                               n_boxes=cfg.calibration_windows_per_image, seed=cfg.calibration_seed)
+        margins, correct = [np.zeros((0, self.num_classes))], [np.zeros((0, self.num_classes), dtype=bool)]
+        for i, chosen in self._bar(picks, "svm calibration"):
+            rows = chosen + gt_counts[i]
+            margins.append(self._features(i, windows[i].boxes[rows], head, layer) * scale @ coef.T + intercept)
+            correct.append(windows[i].overlaps[rows] >= cfg.calibration_overlap)
+        margins, correct = np.concatenate(margins), np.concatenate(correct)  # (N, K)
+        classes = np.broadcast_to(np.arange(self.num_classes), margins.shape)
+        platt = PlattScaling().fit(margins.ravel(), correct.ravel(), classes.ravel(), self.num_classes)
+        self._say(f"calibration: Platt sigmoids on {len(margins)} windows of {len(picks)} images, "
+                  f"{int(correct.sum())} correct (window, class) pairs", console=False)
+        return platt
 
     def _bbox_stage(self) -> None:
         cfg = self.config
@@ -389,9 +413,10 @@ class TrainingRun:
             state = tensors(state)
             bbox_scale = state.pop("feature_scale")
             regressor = BoxRegressor.from_state(state)
+        calibration = PlattScaling.from_state({"coef": svm["platt_coef"], "intercept": svm["platt_intercept"]})
         detector = Detector(self.config, self.dataset.classes, self.backbone, svm["coef"], svm["intercept"],
                             float(svm["feature_scale"]), regressor, device=self.device, cache=self.cache,
-                            head=self._svm_head(), bbox_feature_scale=bbox_scale)
+                            head=self._svm_head(), bbox_feature_scale=bbox_scale, calibration=calibration)
         detector.save(self.work_dir / "model.pt")
         self._say(f"model: {self.work_dir / 'model.pt'}", console=False)
         return detector

@@ -18,9 +18,9 @@ Outputs under ``OUT``:
 
 - ``predictions.jsonl``: one line per image as soon as it is done (flushed, so a crash loses
   nothing finished): ``{"file", "width", "height", "detections": [{"box": [x1, y1, x2, y2],
-  "score", "label"}]}``, absolute file paths, 0-based inclusive pixel boxes, scores as the model
-  gives them (SVM margins: 0 is the decision boundary); a video frame's line also has ``"frame"``
-  and ``"time"``;
+  "score", "probability", "label"}]}``, absolute file paths, 0-based inclusive pixel boxes, scores
+  as the model gives them (SVM margins: 0 is the decision boundary) and, from a calibrated model,
+  probabilities in [0, 1] (svm/calibration.py); a video frame's line also has ``"frame"`` and ``"time"``;
 - ``detections.json``: the same in COCO format (:mod:`detection.data.coco`), rebuilt from the jsonl
   lines at the end of every run, one image per file or frame (ids 1..N in name order), so it
   never holds an image twice; streamed, so no run holds its records in memory;

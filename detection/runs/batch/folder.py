@@ -46,13 +46,15 @@ class FolderDetection:
 
     ``shard=(i, n)`` takes shard i of n of the sorted inputs; under torchrun (RANK/WORLD_SIZE set)
     the rank and world size pick the shard and ``device="cuda"`` means the rank's local GPU.
-    ``score_thresh``, ``topk`` and ``classes`` (names) filter the detections; ``min_side``
-    defaults to :data:`MIN_SIDE_STRIDES` conv strides; of a video, every ``video_stride``-th frame
-    is taken; ``overrides`` change the model's test-time options (``{"test.nms_iou": 0.4}``, see
-    :meth:`Detector.load`). Errors in the inputs, the model or ``out`` (made with other settings,
-    in use by another process) are raised here, before any image is read. The lock on ``out`` is
-    held until :meth:`close` (or the end of a ``with`` block). ``proposals``: a precomputed proposal
-    file (:mod:`proposals.precomputed`) instead of selective search.
+    ``score_thresh`` (margin), ``min_prob``, ``topk`` and ``classes`` (names) filter the detections;
+    ``min_prob`` defaults to the config's ``test.detect_min_probability`` for a calibrated model
+    (see :func:`min_probability`). ``amp`` ("bf16", "fp16", "off") overrides the model's conv
+    precision on CUDA. ``min_side`` defaults to :data:`MIN_SIDE_STRIDES` conv strides; of a video,
+    every ``video_stride``-th frame is taken; ``overrides`` change the model's test-time options
+    (``{"test.nms_iou": 0.4}``, see :meth:`Detector.load`). Errors in the inputs, the model or
+    ``out`` (made with other settings, in use by another process) are raised here, before any
+    image is read. The lock on ``out`` is held until :meth:`close` (or the end of a ``with`` block).
+    ``proposals``: a precomputed proposal file (:mod:`proposals.precomputed`) instead of selective search.
     """
 
     def __init__(self, model: str | os.PathLike, inputs: Sequence[str], out: str | os.PathLike, *,
@@ -61,7 +63,8 @@ class FolderDetection:
                  max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None,
                  shard: tuple[int, int] | None = None, device: str | None = "auto", workers: int = 1,
                  video_stride: int = 1, progress: bool = True, overrides: Mapping[str, Any] | None = None,
-                 proposals: str | os.PathLike | None = None):
+                 proposals: str | os.PathLike | None = None,
+                 min_prob: float | None = None, amp: str | None = None):
         self.rank, self.world, local_rank = distributed_env()
         if self.world > 1 and shard is not None:
             raise BatchError("--shard cannot be combined with torchrun's RANK/WORLD_SIZE: use one or the other")
@@ -71,9 +74,12 @@ class FolderDetection:
         if video_stride < 1:
             raise BatchError(f"--video-stride: must be at least 1, got {video_stride}")
         self.detector = Detector.load(model, device=_device(device, self.world, local_rank), overrides=overrides)
+        if amp is not None:
+            self.detector = self.detector.replace(features={"amp": amp})
         if self.detector.device.type == "cpu":
             share_cores(workers)
-        self.keep = DetectionFilter(score_thresh, topk, class_indices(classes, self.detector.classes) if classes else None)
+        self.keep = DetectionFilter(score_thresh, topk, class_indices(classes, self.detector.classes) if classes else None,
+                                    min_probability(min_prob, self.detector))
         self.paths = find_images(inputs, list_file)
         if not self.paths:
             raise BatchError(f"no image or video files found in {' '.join(map(str, inputs)) or list_file}")
@@ -86,6 +92,8 @@ class FolderDetection:
             settings["set"] = dict(overrides)
         if precomputed is not None:  # the same
             settings["proposals"] = precomputed.fingerprint
+        if min_prob is not None:  # only when given, like overrides
+            settings["min_prob"] = min_prob
         self._lock = self.out.lock()
         try:
             self.out.check_settings(settings, self.detector.classes)
@@ -145,6 +153,21 @@ class FolderDetection:
         if self.world > 1:
             return 1 if merged is not None and merged.failed else 0
         return 1 if summary.failed else 0
+
+
+def min_probability(requested: float | None, detector: Detector) -> float | None:
+    """The probability threshold: ``requested``, or the config's default for a calibrated model;
+    None for a model without calibration (margins only), which refuses a ``requested`` one."""
+    if detector.calibration is None:
+        if requested is not None:
+            raise BatchError("--min-prob: this model has no calibration (margins only); use --score-thresh, "
+                             "or retrain it to get probabilities")
+        return None
+    if requested is None:
+        return detector.config.test.detect_min_probability
+    if not 0 <= requested <= 1:
+        raise BatchError(f"--min-prob: a probability in [0, 1], got {requested}")
+    return requested
 
 
 def detect_folder(model: str | os.PathLike, inputs: Sequence[str], out: str | os.PathLike,

@@ -13,8 +13,8 @@ from tqdm import tqdm
 from detection.runs.batch.outputs import VIS, OutputDir, PredictionStream, write_failures
 from detection.runs.batch.pipeline import Prepared, ProposalPipeline, ReadOptions
 from detection.runs.batch.records import DetectionFilter, prediction_record
+from detection.results import Result
 from detection.runs.batch.video import Frame, VideoError, frames_to_read, is_frame_key, is_video, read_frames
-from detection.visualize import save_visualization
 
 
 @dataclass
@@ -124,7 +124,7 @@ def _detect_one(detector, prepared: Prepared, out: OutputDir, stream: Prediction
         target = out.root / VIS / Path(prepared.path).relative_to(vis_root)
         if prepared.frame is not None:
             target = target.with_name(f"{target.name}.frames") / f"{prepared.frame:06d}.jpg"
-        save_visualization(target, prepared.image, dets, detector.classes)
+        Result(prepared.image, dets, detector.classes, prepared.path).save(target)
     stream.write(prediction_record(prepared.path, prepared.image.shape[:2], dets, detector.classes,
                                    prepared.frame, prepared.time))
     return None

@@ -1,0 +1,123 @@
+"""Export: the scoring graph equals the detector, and ONNX Runtime / TorchScript give its outputs."""
+import numpy as np
+import pytest
+import torch
+
+from detection.core.config import SPPConfig
+from detection.detector import Detector
+from detection.export import ExportError, ScoringGraph, example_inputs, export_model
+from features.backbones import build_backbone
+from features.head import FCHead
+from features.projection import project_boxes
+from features.spp import roi_pool_bins_exact, roi_pyramid_pool, spatial_pyramid_pool, spp_output_dim
+from svm.calibration import PlattScaling
+from tools.cli import main
+
+CLASSES = ("a", "b", "c")
+SCALE = 96
+
+
+def make_detector(feature_layer: str = "pool5", calibrated: bool = True, scales=(SCALE,)) -> Detector:
+    config = SPPConfig().replace(features={"scales": scales}, svm={"feature_layer": feature_layer},
+                                 bbox={"enabled": False})
+    torch.manual_seed(0)
+    backbone = build_backbone(config.features.backbone)
+    dim = spp_output_dim(backbone.channels, config.features.pyramid_levels)
+    head = None if feature_layer == "pool5" else FCHead(dim, 64, None).eval()
+    rng = np.random.default_rng(0)
+    platt = None
+    if calibrated:
+        platt = PlattScaling.from_state({"coef": np.array([-1.0, -2.0, -0.5]), "intercept": np.array([0.0, 1.0, -1.0])})
+    width = dim if head is None else 64
+    return Detector(config, CLASSES, backbone, rng.normal(0, 0.05, (len(CLASSES), width)), rng.normal(0, 1, 3), 0.5,
+                    device="cpu", head=head, calibration=platt)
+
+
+def test_roi_pool_pyramid_equals_the_sparse_table_pyramid():
+    generator = torch.Generator().manual_seed(1)
+    fmap = torch.rand((7, 23, 31), generator=generator)
+    corners = torch.stack([torch.randint(0, 31, (300, 2), generator=generator),
+                           torch.randint(0, 23, (300, 2), generator=generator)], dim=2)  # (N, 2, xy)
+    cells = torch.cat([corners.min(dim=1).values, corners.max(dim=1).values], dim=1)
+    cells[:5] = torch.tensor([[0, 0, 30, 22], [3, 4, 3, 4], [0, 0, 0, 22], [30, 0, 30, 0], [10, 11, 15, 12]])
+    for levels in [(1, 2, 3, 6), (1, 2, 4), (5,)]:
+        assert torch.equal(roi_pyramid_pool(fmap, cells, levels), spatial_pyramid_pool(fmap, cells, levels))
+
+
+def test_float_bin_edges_are_checked():
+    assert roi_pool_bins_exact((1, 2, 3, 4, 5, 6), 1000)
+    assert not roi_pool_bins_exact((7,), 100)  # 6 · float32(57 / 7) rounds above 48 ...
+    detector = make_detector().replace(features={"pyramid_levels": (1, 7)})
+    with pytest.raises(ExportError, match="bin edges"):  # ... so such a pyramid is refused
+        ScoringGraph(detector)
+
+
+@pytest.mark.parametrize("feature_layer,calibrated", [("pool5", True), ("fc7", False)])
+def test_graph_scores_like_the_detector(feature_layer, calibrated):
+    detector = make_detector(feature_layer, calibrated)
+    graph = ScoringGraph(detector).eval()
+    image, boxes = example_inputs(graph, SCALE, 150, windows=40)  # shorter side = the scale: no resize
+    pixels = image.round()
+    with torch.no_grad():
+        outputs = graph(pixels, boxes)
+    margins = outputs[0] if calibrated else outputs
+    array = np.ascontiguousarray(pixels[0].permute(1, 2, 0).to(torch.uint8).numpy())
+    features = detector.features(detector.compute_maps(array), boxes.double().numpy(), array.shape[:2])
+    assert margins.shape == (40, 3)
+    assert torch.allclose(margins, detector.score(features), atol=1e-4)
+    if calibrated:
+        expected = detector.calibration.predict_proba(margins.numpy())
+        assert np.allclose(outputs[1].numpy(), expected, atol=1e-6)
+
+
+def test_the_command_offers_the_formats_there_are():
+    from detection.export import FORMATS
+    from tools import export_net
+
+    assert export_net.FORMATS == FORMATS
+
+
+def test_multi_scale_models_need_a_scale():
+    detector = make_detector(scales=(96, 128))
+    with pytest.raises(ExportError, match="--scale"):
+        ScoringGraph(detector)
+    with pytest.raises(ExportError, match="not one of"):
+        ScoringGraph(detector, scale=100)
+    assert ScoringGraph(detector, scale=128).scale == 128
+
+
+@pytest.mark.slow  # two exports of efficientnet_lite0: about 30 s on 2 cores
+def test_onnx_runtime_and_torchscript_match_pytorch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    detector = make_detector()
+    onnx_path = export_model(detector, tmp_path / "model.onnx", "onnx")
+    script_path = export_model(detector, tmp_path / "model.ts", "torchscript")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    scripted = torch.jit.load(str(script_path))
+    graph = ScoringGraph(detector).eval()
+    # sizes and window counts other than the example the graph was traced with
+    for height, width, windows in [(96, 130, 7), (141, 96, 33), (96, 96, 1)]:
+        image, boxes = example_inputs(graph, height, width, windows)
+        with torch.no_grad():
+            margins, probabilities = graph(image, boxes)
+            script_margins, script_probabilities = scripted(image, boxes)
+        onnx_margins, onnx_probabilities = session.run(None, {"image": image.numpy(), "boxes": boxes.numpy()})
+        assert onnx_margins.shape == (windows, 3)
+        assert np.allclose(onnx_margins, margins.numpy(), rtol=1e-4, atol=1e-4)
+        assert np.allclose(onnx_probabilities, probabilities.numpy(), atol=1e-5)
+        assert torch.allclose(script_margins, margins, atol=1e-5)
+        assert torch.allclose(script_probabilities, probabilities, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_export_command(tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    model = tmp_path / "model.pt"
+    make_detector(calibrated=False).save(model)
+    assert main(["export", "--model", str(model), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert "outputs margins (N, 3)" in capsys.readouterr().out
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["margins"]
+    assert main(["export", "--model", str(model), "--format", "torchscript", "--out", str(tmp_path / "m.ts"),
+                 "--scale", "128"]) == 2
+    assert "not one of the model's scales" in capsys.readouterr().err
