@@ -86,7 +86,7 @@ def test_version_comes_from_the_package_metadata(capsys):
     (["--bbox-min-overlap", "nan"], "--bbox-min-overlap: must be a finite number, got nan"),
     (["--set", "svm.C=0"], "--set svm.C: must be > 0, got 0"),
     (["--set", "test.nms=0.4"], "--set test.nms: unknown option (did you mean test.nms_iou?); test has "
-                                "score_threshold, nms_iou, max_per_image"),
+                                "score_threshold, nms_iou, max_per_class, max_per_image"),
     (["--set", "finetune.iterations=many"], "--set finetune.iterations: must be an integer, got 'many'"),
     (["--set", "svm.C"], "--set: expected KEY=VALUE such as svm.C=0.002, got 'svm.C'"),
 ])
@@ -147,7 +147,8 @@ def test_a_bad_option_in_a_config_file_names_the_file_and_key(tmp_path, capsys):
     assert _config("train", "--data", "d", "--work-dir", "w", "--config", str(file),
                    "--max-proposals", "9").proposals.max_proposals == 9
     assert main(["train", "--data", "d", "--work-dir", str(tmp_path / "w"), "--config", str(tmp_path / "no.yaml")]) == 2
-    assert capsys.readouterr().err.startswith(f"sppnet train: error: {tmp_path / 'no.yaml'}: cannot read the config file")
+    err = capsys.readouterr().err
+    assert err.startswith(f"sppnet train: error: {tmp_path / 'no.yaml'}: cannot read the config file")
 
 
 @pytest.mark.slow

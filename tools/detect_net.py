@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from detection.core.config import DEFAULT_MAX_PIXELS, MIN_SIDE_STRIDES
 from tools.common import (
+    add_proposals_argument,
     add_runtime_arguments,
     add_test_time_set_argument,
     finite_float,
@@ -92,7 +93,8 @@ def add_filter_arguments(parser: argparse.ArgumentParser, default_threshold: str
     """--score-thresh, --topk, --classes (also `sppnet filter`'s)."""
     parser.add_argument("--score-thresh", type=finite_float, default=None, metavar="S",
                         help=f"keep detections scoring at least S (default: {default_threshold})")
-    parser.add_argument("--topk", type=int_at_least(1), default=None, metavar="K", help="keep the K best detections per image")
+    parser.add_argument("--topk", type=int_at_least(1), default=None, metavar="K",
+                        help="keep the K best detections per image")
     parser.add_argument("--classes", type=parse_classes, default=None, metavar="A,B",
                         help="keep only these classes (comma-separated names)")
 
@@ -116,6 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", type=parse_shard, default=None, metavar="i/n",
                         help="process shard i of n (0-based) of the sorted inputs")
     add_test_time_set_argument(parser)
+    add_proposals_argument(parser)
     add_runtime_arguments(parser)
 
 
@@ -135,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     with FolderDetection(args.model, args.inputs, args.out, list_file=args.list, score_thresh=args.score_thresh,
                          topk=args.topk, classes=args.classes, save_vis=args.save_vis, max_pixels=args.max_pixels,
                          min_side=args.min_side, shard=args.shard, device=args.device, workers=args.workers,
-                         video_stride=args.video_stride, progress=not args.quiet, overrides=overrides) as job:
+                         video_stride=args.video_stride, progress=not args.quiet, overrides=overrides,
+                         proposals=args.proposals) as job:
         summary = job.detect()
         _print_summary(job.label, summary.done, summary.skipped, len(summary.failed))
         if summary.done:

@@ -39,7 +39,7 @@ FIVE_SCALES = (480, 576, 688, 864, 1200)  # §4, paper; the official code uses 8
 SINGLE_SCALE = (688,)  # §4
 
 # -- allowed names (the command line's choices) ----------------------------------------------------
-ProposalMode = Literal["fast", "quality"]  # §5: selective search's fast mode (R-CNN, SPP-net) or quality mode
+ProposalMode = Literal["rcnn_fast", "opencv_fast", "quality"]  # §5: R-CNN's fast mode, OpenCV's, quality
 FeatureMode = Literal["spp", "rcnn"]
 BackboneName = Literal["efficientnet_lite0", "alexnet", "vgg16", "zf5"]  # §1; features/backbones.py builds them
 PaperOrOfficial = Literal["paper", "official"]  # a rule where the paper and the official code differ
@@ -47,6 +47,7 @@ FeatureLayer = Literal["pool5", "fc6", "fc7", "ftfc6", "ftfc7"]  # what the SVMs
 ScheduleName = Literal["official", "paper"]  # keys of SCHEDULES
 ScaleSampling = Literal["random", "chosen"]
 Stage = Literal["proposals", "conv", "finetune", "svm", "bbox"]  # the training stages, in pipeline order
+CacheDtype = Literal["float32", "float16"]  # storage of the SVMs' cached hard negatives (§7)
 
 BACKBONES: tuple[str, ...] = typing.get_args(BackboneName)
 FEATURE_LAYERS: tuple[str, ...] = typing.get_args(FeatureLayer)
@@ -126,7 +127,10 @@ class _Section:
 class ProposalConfig(_Section):
     """Selective search (§5)."""
 
-    mode: ProposalMode = "fast"
+    # §5: selective search "fast" as R-CNN ran it ("rcnn_fast": selective_search_boxes.m, k in {50, 100},
+    # min size k, HSV and Lab, two strategies), OpenCV's own fast mode ("opencv_fast": k in {150, 300,
+    # 450}, min size 0: coarser, misses small objects; docs/benchmarks.md measures both) or "quality"
+    mode: ProposalMode = "rcnn_fast"
     resize_width: int = 500  # R-CNN's demo runs selective search on the image resized to width 500 (0: not resized)
     min_size: int = 20  # windows narrower or shorter than this (at the proposal image size) are dropped
     max_proposals: int = 2000  # about 2,000 windows per image
@@ -240,6 +244,15 @@ class SVMConfig(_Section):
     evict_threshold: float = -1.2  # after a retrain, drop cached negatives scoring below this
     retrain_limit: int = 2000  # retrain once more than this many new negatives have accumulated
     max_iter: int = 10000
+    # §7: R-CNN's roidb (rcnn/imdb/roidb_from_voc.m) makes every GT box a positive, difficult ones
+    # included; False trains on non-difficult GT boxes only (this project's earlier behaviour)
+    use_difficult: bool = True
+    # §7: spp_train.m mines only one of the windows that land on the same cells at the same scale
+    # (``dedup``: they have identical features); False mines every window
+    dedup_windows: bool = True
+    # §7: dtype of the cached hard negatives, "float32" or "float16" (half the memory; the features
+    # are rounded to fp16 once, when cached). R-CNN kept float32 (MATLAB single).
+    cache_dtype: CacheDtype = "float32"
 
     _name = "svm"
     _rules = {"feature_norm_target": POSITIVE, "norm_images": at_least(1), "norm_boxes_per_image": at_least(1),
@@ -254,6 +267,9 @@ class BBoxConfig(_Section):
     enabled: bool = True
     ridge_lambda: float = 1000.0  # R-CNN; the official SPP code uses 4000
     min_overlap: float = 0.6  # training windows: IoU > 0.6 with a GT box (R-CNN); official SPP code 0.5
+    # §8: R-CNN's rcnn_train_bbox_regressor.m regresses towards every GT box, difficult ones
+    # included; False uses non-difficult GT boxes only (this project's earlier behaviour)
+    use_difficult: bool = True
 
     _name = "bbox"
     _rules = {"ridge_lambda": POSITIVE, "min_overlap": FRACTION}
@@ -265,10 +281,14 @@ class TestConfig(_Section):
 
     score_threshold: float = -1.5  # SVM margin units
     nms_iou: float = 0.3
-    max_per_image: int = 100
+    # §9: spp_test.m and rcnn_test.m keep the top 100 boxes of each class in each image
+    max_per_class: int = 100
+    # then at most this many boxes per image over all classes, 0 = no cap (the official code has
+    # none; this project's earlier behaviour was max_per_class=0, max_per_image=100)
+    max_per_image: int = 0
 
     _name = "test"
-    _rules = {"nms_iou": FRACTION, "max_per_image": at_least(1)}
+    _rules = {"nms_iou": FRACTION, "max_per_class": at_least(0), "max_per_image": at_least(0)}
 
 
 # The sections a trained model's settings may change in at test time (Detector.load's overrides).

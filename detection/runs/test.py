@@ -13,17 +13,20 @@ from detection.core.images import load_image
 from detection.core.detections import Detections
 from detection.data.devkit import check_image_id, write_devkit_results
 from detection.data.records import Dataset
+from proposals.precomputed import PrecomputedProposals
 from proposals.store import ProposalStore
 
 
 def detect_dataset(detector: Detector, dataset: Dataset, cache: Cache, workers: int = 1,
-                   progress: bool = True) -> tuple[dict[str, Detections], dict[str, str]]:
+                   progress: bool = True, proposals: PrecomputedProposals | None = None,
+                   ) -> tuple[dict[str, Detections], dict[str, str]]:
     """Detections for every image of the split, and failures (image id -> one-line reason).
 
-    Proposals come from the (shared) proposal cache, computed in parallel first; conv maps are
-    cached too when the detector was given the same cache, so re-testing costs only pooling.
+    Proposals come from the (shared) proposal cache, computed in parallel first (or read from
+    ``proposals``); conv maps are cached too when the detector was given the same cache, so
+    re-testing costs only pooling.
     """
-    store = ProposalStore(cache, detector.config.proposals, workers=workers)
+    store = ProposalStore(cache, detector.config.proposals, workers=workers, precomputed=proposals)
     proposals, failures = store.compute_all([(r.image_id, r.path) for r in dataset], progress=progress)
     detections = {}
     for record in tqdm(dataset, desc="detect", disable=not progress, leave=False):
@@ -35,16 +38,18 @@ def detect_dataset(detector: Detector, dataset: Dataset, cache: Cache, workers: 
 
 
 def test_model(detector: Detector, dataset: Dataset, out_dir: str | Path, cache: Cache, metric: str = "voc07",
-               workers: int = 1, progress: bool = True) -> dict:
+               workers: int = 1, progress: bool = True, proposals: PrecomputedProposals | None = None) -> dict:
     """Detect, write devkit result files under ``out_dir/results`` and ``out_dir/metrics.json``; return the metrics.
 
     The metrics are those of the result files as written (scores and coordinates rounded), so that
-    ``sppnet eval`` of them gives the same numbers.
+    ``sppnet eval`` of them gives the same numbers. ``proposals``: precomputed windows instead of
+    selective search's.
     """
     out_dir = Path(out_dir)
     for record in dataset:  # before any work, not after it
         check_image_id(record.image_id)
-    detections, failures = detect_dataset(detector, dataset, cache, workers=workers, progress=progress)
+    detections, failures = detect_dataset(detector, dataset, cache, workers=workers, progress=progress,
+                                          proposals=proposals)
     write_devkit_results(out_dir / "results", dataset.split, dataset.classes, detections)
     metrics = evaluate_results(dataset, out_dir / "results", metric=metric)
     if failures:

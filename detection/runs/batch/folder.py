@@ -23,6 +23,7 @@ from detection.runs.batch.inputs import common_root, find_images, shard
 from detection.runs.batch.outputs import OutputDir, file_sha1
 from detection.runs.batch.pipeline import ReadOptions
 from detection.runs.batch.records import DetectionFilter, class_indices
+from proposals.precomputed import PrecomputedProposals
 from detection.runs.batch.run import BatchSummary, detect_files, share_cores
 
 
@@ -50,7 +51,8 @@ class FolderDetection:
     is taken; ``overrides`` change the model's test-time options (``{"test.nms_iou": 0.4}``, see
     :meth:`Detector.load`). Errors in the inputs, the model or ``out`` (made with other settings,
     in use by another process) are raised here, before any image is read. The lock on ``out`` is
-    held until :meth:`close` (or the end of a ``with`` block).
+    held until :meth:`close` (or the end of a ``with`` block). ``proposals``: a precomputed proposal
+    file (:mod:`proposals.precomputed`) instead of selective search.
     """
 
     def __init__(self, model: str | os.PathLike, inputs: Sequence[str], out: str | os.PathLike, *,
@@ -58,7 +60,8 @@ class FolderDetection:
                  topk: int | None = None, classes: Sequence[str] | None = None, save_vis: bool = False,
                  max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None,
                  shard: tuple[int, int] | None = None, device: str | None = "auto", workers: int = 1,
-                 video_stride: int = 1, progress: bool = True, overrides: Mapping[str, Any] | None = None):
+                 video_stride: int = 1, progress: bool = True, overrides: Mapping[str, Any] | None = None,
+                 proposals: str | os.PathLike | None = None):
         self.rank, self.world, local_rank = distributed_env()
         if self.world > 1 and shard is not None:
             raise BatchError("--shard cannot be combined with torchrun's RANK/WORLD_SIZE: use one or the other")
@@ -76,10 +79,13 @@ class FolderDetection:
             raise BatchError(f"no image or video files found in {' '.join(map(str, inputs)) or list_file}")
         self.out = OutputDir(Path(out), self.index, self.count)
         self.out.root.mkdir(parents=True, exist_ok=True)
+        precomputed = None if proposals is None else PrecomputedProposals(proposals)
         settings = {"model_sha1": file_sha1(model), "score_thresh": score_thresh, "topk": topk,
                     "classes": list(classes) if classes else None}
         if overrides:  # only when given, so directories made before overrides existed still match
             settings["set"] = dict(overrides)
+        if precomputed is not None:  # the same
+            settings["proposals"] = precomputed.fingerprint
         self._lock = self.out.lock()
         try:
             self.out.check_settings(settings, self.detector.classes)
@@ -88,7 +94,8 @@ class FolderDetection:
             raise
         self.out.done_marker.unlink(missing_ok=True)  # this shard is not done until it says so again
         self.options = ReadOptions(self.detector.config.proposals, max_pixels=max_pixels,
-                                   min_side=min_side or MIN_SIDE_STRIDES * self.detector.backbone.stride)
+                                   min_side=min_side or MIN_SIDE_STRIDES * self.detector.backbone.stride,
+                                   precomputed=precomputed)
         self.workers = workers
         self.video_stride = video_stride
         self.vis_root = common_root(self.paths) if save_vis else None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -11,18 +12,24 @@ from detection.core.config import ProposalConfig
 from detection.core.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from detection.runs.batch.video import Frame, frame_key
 from proposals.pool import WorkerPool
-from proposals.selective_search import selective_search
+from proposals.precomputed import PrecomputedProposals, ProposalFileError
+from proposals.store import propose
 
 IN_FLIGHT_PER_WORKER = 2
 
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How each image is read and proposed; ``min_side`` and ``max_pixels`` reject unusable images."""
+    """How each image is read and proposed; ``min_side`` and ``max_pixels`` reject unusable images.
+
+    With ``precomputed``, an image's windows are those of its file name without the extension (a
+    video frame's: ``<video name without extension>#frame=NNNNNN``).
+    """
 
     proposals: ProposalConfig
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_side: int = 1
+    precomputed: PrecomputedProposals | None = None
 
 
 @dataclass
@@ -59,10 +66,18 @@ def prepare_image(item: str | Frame, options: ReadOptions) -> Prepared:
         except ImageError as err:
             return Prepared(item, reason=err.reason)
     try:
-        prepared.boxes = selective_search(prepared.image, options.proposals)
+        prepared.boxes = propose(_proposal_key(prepared), prepared.image, options.proposals, options.precomputed)
+    except ProposalFileError as err:
+        prepared.image, prepared.reason = None, str(err)
     except Exception as err:  # noqa: BLE001 - one image's failure must not end a batch of millions
         prepared.image, prepared.reason = None, f"selective search failed ({type(err).__name__}: {err})"
     return prepared
+
+
+def _proposal_key(prepared: Prepared) -> str:
+    """The id under which precomputed proposals list this image (see :class:`ReadOptions`)."""
+    stem = Path(prepared.path).stem
+    return stem if prepared.frame is None else frame_key(stem, prepared.frame)
 
 
 class ProposalPipeline:
