@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-from detection.runs.batch import DETECTIONS, PREDICTIONS
-from detection.runs.batch.refilter import refilter
 from tools.detect_net import add_filter_arguments
 
 
@@ -21,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from detection.runs.batch import DETECTIONS, PREDICTIONS
+    from detection.runs.batch.refilter import refilter
+
     images, failures = refilter(args.source, args.out, args.score_thresh, args.topk, args.classes)
     print(f"filter: {images} images, {len(failures)} failed in {args.source}")
     print(f"detections: {args.out}/{DETECTIONS} (COCO), {args.out}/{PREDICTIONS}")
