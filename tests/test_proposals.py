@@ -396,11 +396,11 @@ def test_train_test_and_detect_take_proposals_from_the_command_line(tmp_path, ca
     assert len(failed.strip().splitlines()) == 4 + 1  # trainval images and the third test image
 
 
-def propose_or_crash(item, config):
+def propose_or_crash(item, config, precomputed=None):
     """As the store's worker function, but the worker dies (as on a decoder segfault) on an image named crash*."""
     if Path(item[1]).name.startswith("crash"):
         os.kill(os.getpid(), signal.SIGKILL)
-    return store_module._proposals_for_file(item, config)
+    return store_module._proposals_for_file(item, config, precomputed)
 
 
 def test_a_dead_worker_fails_its_images_and_the_store_goes_on(tmp_path, image_items, monkeypatch):
