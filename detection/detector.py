@@ -110,6 +110,23 @@ def head_from_state(state: dict[str, torch.Tensor]) -> FCHead:
     return head.eval()
 
 
+def top_per_class(scores: np.ndarray, labels: np.ndarray, max_per_class: int, max_per_image: int = 0) -> np.ndarray:
+    """Indices of the detections kept, best score first: scores (N,), labels (N,) -> (M,) int64.
+
+    At most ``max_per_class`` of each class (``spp_test.m``, ``rcnn_test.m``), then at most
+    ``max_per_image`` over all classes; 0 means no cap. Ties keep the earlier detection.
+    """
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    if max_per_class > 0 and len(order):
+        by_class = order[np.argsort(labels[order], kind="stable")]  # by class, best first within
+        sorted_labels = labels[by_class]
+        first = np.searchsorted(sorted_labels, sorted_labels, side="left")
+        rank = np.empty(len(order), np.int64)
+        rank[by_class] = np.arange(len(order)) - first
+        order = order[rank[order] < max_per_class]
+    return order[:max_per_image] if max_per_image > 0 else order
+
+
 @dataclass
 class WindowFeatures:
     """What :meth:`Detector.features` returns for N windows, all on the detector's device.
@@ -179,7 +196,7 @@ class Detector:
 
     def postprocess(self, boxes: np.ndarray, scores: torch.Tensor, features: WindowFeatures,
                     image_size: tuple[int, int]) -> Detections:
-        """Recipe §9: threshold, per-class NMS, box regression, clip, NMS again, top-k per image."""
+        """Recipe §9: threshold, per-class NMS, box regression, clip, NMS again, top-k per class and image."""
         cfg = self.config.test
         height, width = image_size
         scores_np = scores.float().cpu().numpy()
@@ -201,7 +218,7 @@ class Detector:
             det_boxes = clip_boxes(apply_bbox_deltas(det_boxes, deltas), width, height)
             keep = batched_nms(det_boxes, det_scores, label, cfg.nms_iou)
             label, det_boxes, det_scores = label[keep], det_boxes[keep], det_scores[keep]
-        top = np.argsort(-det_scores, kind="stable")[: cfg.max_per_image]
+        top = top_per_class(det_scores, label, cfg.max_per_class, cfg.max_per_image)
         return Detections(det_boxes[top], det_scores[top], label[top].astype(np.int64))
 
     # -- whole images -------------------------------------------------------------------------

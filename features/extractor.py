@@ -80,20 +80,18 @@ class SPPFeatureExtractor:
             self.cache.put(CONV_STAGE, self.conv_fingerprint, key, {**arrays, "image_size": np.array(image.shape[:2])})
         return maps, image.shape[:2]
 
-    def pool(self, maps: list[torch.Tensor], boxes: np.ndarray, image_size: tuple[int, int],
-             scale_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Windows (N, 4) in original image coordinates -> (N, D) float32 SPP vectors on the device.
+    def window_cells(self, maps: list[torch.Tensor], boxes: np.ndarray, image_size: tuple[int, int],
+                     scale_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows (N, 4) in original image coordinates -> the scale each is pooled at, (N,) int64
+        into ``config.scales`` (§4), and its (N, 4) int64 cell box on that scale's map (§2).
 
-        Each window is pooled from one scale: ``scale_index`` (N,) int64 into ``config.scales``
-        when given (fine-tuning draws a random scale per window, as the official code), else the
-        one the §4 rule chooses. The loop is over scales, never over windows.
+        ``scale_index`` (N,) when given (fine-tuning draws a random scale per window, as the
+        official code), else the one the §4 rule chooses. Windows with equal scale and cells have
+        equal SPP vectors (see :func:`distinct_windows`).
         """
         cfg = self.config
         height, width = image_size
         boxes_t = torch.as_tensor(np.asarray(boxes, dtype=np.float32), device=self.device).reshape(-1, 4)
-        out = torch.empty((len(boxes_t), self.output_dim), dtype=torch.float32, device=self.device)
-        if len(boxes_t) == 0:
-            return out
         if scale_index is None:
             scale_index = choose_scales(boxes_t, (height, width), cfg.scales, rule=cfg.scale_rule,
                                         paper_target_side=cfg.paper_target_side,
@@ -102,19 +100,54 @@ class SPPFeatureExtractor:
             scale_index = torch.as_tensor(scale_index, dtype=torch.int64, device=self.device).reshape(-1)
             if len(scale_index) != len(boxes_t) or bool(((scale_index < 0) | (scale_index >= len(maps))).any()):
                 raise ValueError(f"scale_index must hold one index in [0, {len(maps)}) per window")
+        cells = torch.empty((len(boxes_t), 4), dtype=torch.int64, device=self.device)
         factors = image_scale_factors(height, width, cfg.scales)
+        for i, fmap in enumerate(maps):
+            selected = torch.nonzero(scale_index == i).squeeze(1)
+            if len(selected):
+                cells[selected] = project_boxes(boxes_t[selected] * float(factors[i]), self.backbone.stride,
+                                                self.backbone.first_center, tuple(fmap.shape[-2:]),
+                                                rule=cfg.projection, offset=cfg.official_offset)
+        return scale_index, cells
+
+    def pool(self, maps: list[torch.Tensor], boxes: np.ndarray, image_size: tuple[int, int],
+             scale_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Windows (N, 4) in original image coordinates -> (N, D) float32 SPP vectors on the device.
+
+        Each window is pooled from one scale: ``scale_index`` (N,) int64 into ``config.scales``
+        when given (fine-tuning draws a random scale per window, as the official code), else the
+        one the §4 rule chooses. The loop is over scales, never over windows.
+        """
+        out = torch.empty((len(np.asarray(boxes).reshape(-1, 4)), self.output_dim), dtype=torch.float32,
+                          device=self.device)
+        if len(out) == 0:
+            return out
+        scale_index, cells = self.window_cells(maps, boxes, image_size, scale_index)
         for i, fmap in enumerate(maps):
             selected = torch.nonzero(scale_index == i).squeeze(1)
             if len(selected) == 0:
                 continue
-            cells = project_boxes(boxes_t[selected] * float(factors[i]), self.backbone.stride,
-                                  self.backbone.first_center, tuple(fmap.shape[-2:]),
-                                  rule=cfg.projection, offset=cfg.official_offset)
-            pooled = spatial_pyramid_pool(fmap.float(), cells, cfg.pyramid_levels).float()
-            if len(selected) == len(boxes_t):  # all windows at one scale: skip the (N, D) scatter copy
+            pooled = spatial_pyramid_pool(fmap.float(), cells[selected], self.config.pyramid_levels).float()
+            if len(selected) == len(out):  # all windows at one scale: skip the (N, D) scatter copy
                 return pooled
             out[selected] = pooled
         return out
+
+
+def distinct_windows(scale_index: torch.Tensor | np.ndarray, cells: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The first of each group of windows pooled at the same scale from the same cells.
+
+    scale_index (N,), cells (N, 4) as :meth:`SPPFeatureExtractor.window_cells` returns them ->
+    sorted (M,) int64 window indices, M <= N. Such windows have identical SPP vectors; the
+    official code's hard-negative mining (``spp_train.m``, ``dedup`` in
+    ``spp_features_convX_to_poolX.m``) keeps one of each group (recipe §7).
+    """
+    keys = np.column_stack([np.asarray(torch.as_tensor(scale_index).cpu()).reshape(-1, 1),
+                            np.asarray(torch.as_tensor(cells).cpu()).reshape(-1, 4)])
+    if len(keys) == 0:
+        return np.zeros(0, np.int64)
+    _, first = np.unique(keys, axis=0, return_index=True)
+    return np.sort(first).astype(np.int64)
 
 
 def build_extractor(backbone: Backbone, config: FeatureConfig, device: torch.device | str = "cpu",

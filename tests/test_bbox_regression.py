@@ -1,11 +1,15 @@
 """Box-regression training windows and per-class ridge regressors (recipe §8)."""
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from detection.core.boxes import apply_bbox_deltas, bbox_regression_targets, box_iou
+from detection.core.config import BBoxConfig
+from detection.data.records import ImageRecord
+from detection.training.windows import training_windows
 from svm.bbox_regression import BoxRegressor, regression_training_set
 
 
@@ -125,3 +129,19 @@ def test_box_regressor_round_trips_through_a_weights_only_model_file():
     np.testing.assert_array_equal(again.coef_, model.coef_)
     np.testing.assert_array_equal(again.n_samples_, model.n_samples_)
     np.testing.assert_array_equal(again.predict(X, labels), model.predict(X, labels))
+
+
+def test_difficult_objects_are_regression_targets_as_in_rcnn():
+    """R-CNN's roidb has every object, difficult ones included; ``use_difficult=False`` drops them."""
+    gt = np.array([[0, 0, 39, 39], [100, 100, 139, 139]], dtype=float)
+    record = ImageRecord("a", Path("a.jpg"), 200, 200, gt, np.array([0, 1]), np.array([False, True]))
+    proposals = np.array([[1, 1, 40, 40], [101, 101, 140, 140], [60, 60, 80, 80]], dtype=float)
+    windows = training_windows(record, proposals, num_classes=2)
+    assert BBoxConfig().use_difficult
+    boxes, labels = windows.ground_truth(BBoxConfig().use_difficult)
+    chosen, _, chosen_labels = regression_training_set(windows.boxes, boxes, labels)
+    # both GT boxes and both proposals on them, the difficult object's included
+    assert chosen.tolist() == [0, 1, 2, 3] and chosen_labels.tolist() == [0, 1, 0, 1]
+    boxes, labels = windows.ground_truth(use_difficult=False)
+    chosen, _, chosen_labels = regression_training_set(windows.boxes, boxes, labels)
+    assert chosen.tolist() == [0, 2] and chosen_labels.tolist() == [0, 0]

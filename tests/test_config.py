@@ -53,7 +53,9 @@ SECTIONS = (ProposalConfig, FeatureConfig, FinetuneConfig, SVMConfig, BBoxConfig
     (SVMConfig, {"evict_threshold": -math.inf}, "svm.evict_threshold: must be a finite number, got -inf"),
     (BBoxConfig, {"ridge_lambda": 0.0}, "bbox.ridge_lambda: must be > 0, got 0"),
     (_TestSection, {"nms_iou": 1.2}, "test.nms_iou: must be in [0, 1], got 1.2"),
-    (_TestSection, {"max_per_image": 0}, "test.max_per_image: must be >= 1, got 0"),
+    (_TestSection, {"max_per_image": -1}, "test.max_per_image: must be >= 0, got -1"),
+    (_TestSection, {"max_per_class": -1}, "test.max_per_class: must be >= 0, got -1"),
+    (SVMConfig, {"cache_dtype": "float64"}, "svm.cache_dtype: must be one of float32, float16"),
 ])
 def test_a_bad_value_is_refused_when_the_section_is_made(section, changes, message):
     with pytest.raises(ConfigError) as caught:

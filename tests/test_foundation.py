@@ -19,7 +19,7 @@ def test_config_round_trip_and_paper_defaults():
     d = SPPConfig()
     assert d.features.pyramid_levels == (1, 2, 3, 6) and d.features.scales == (688,)
     assert (d.svm.C, d.svm.positive_weight, d.svm.bias_multiplier) == (0.001, 2.0, 10.0)
-    assert (d.test.nms_iou, d.test.score_threshold, d.test.max_per_image) == (0.3, -1.5, 100)
+    assert (d.test.nms_iou, d.test.score_threshold, d.test.max_per_class, d.test.max_per_image) == (0.3, -1.5, 100, 0)
     assert fingerprint(d.proposals) == fingerprint(SPPConfig().proposals)
     assert fingerprint(d.proposals) != fingerprint(d.replace(proposals={"max_proposals": 10}).proposals)
 

@@ -1,14 +1,26 @@
 """Linear SVMs, R-CNN's hard-negative mining and the feature-norm scale (recipe §7)."""
+import json
+import tracemalloc
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.svm import LinearSVC
 
 import svm.hard_negatives as hn
-from detection.core.config import SVMConfig
+import svm.linear_svm as linear_svm_module
+from detection.core.config import FeatureConfig, SVMConfig
+from detection.data.records import ImageRecord
+from detection.training.windows import training_windows
+from features.backbones import build_backbone
+from features.extractor import SPPFeatureExtractor, distinct_windows
+from svm.benchmark import SyntheticMining, synthetic_mining_data
 from svm.feature_norm import feature_norm_scale, sample_indices
-from svm.hard_negatives import HardNegativeSVMs
+from svm.hard_negatives import HardNegativeSVMs, NegativeStore
 from svm.linear_svm import LinearSVM
+from tools.cli import main
 
 
 def blobs(rng, n, dim, centre, spread=1.0):
@@ -35,14 +47,22 @@ def test_linear_svm_separates_toy_set_with_rcnn_defaults():
     assert svm.score(X_test, y_test) == 1.0
 
 
-def test_liblinear_gets_rcnn_options():
+def test_liblinear_gets_rcnn_options_and_float32_is_not_copied(monkeypatch):
+    """The same model as LinearSVC with R-CNN's -s 3 -c -w1 -B -e options, float32 handed over as is."""
     rng = np.random.default_rng(1)
     X, y = toy_set(rng, n=30, dim=5, offset=1.0)
-    svc = LinearSVM(C=0.01, positive_weight=2.0, bias_multiplier=10.0).fit(X, y).svc_
-    params = svc.get_params()
-    assert (params["loss"], params["penalty"], params["dual"], params["C"]) == ("hinge", "l2", True, 0.01)
-    assert params["class_weight"] == {1: 2.0, 0: 1.0} and params["intercept_scaling"] == 10.0
-    assert params["tol"] == 0.1  # liblinear's default -e for -s 3, which R-CNN used
+    svm = LinearSVM(C=0.01, positive_weight=2.0, bias_multiplier=10.0).fit(X, y)
+    svc = LinearSVC(penalty="l2", loss="hinge", dual=True, C=0.01, class_weight={1: 2.0, 0: 1.0},
+                    intercept_scaling=10.0, tol=0.1, random_state=0).fit(X.astype(np.float64), y)
+    np.testing.assert_array_equal(svm.coef_, svc.coef_[0])
+    assert svm.intercept_ == svc.intercept_[0] and svm.n_iter_ == svc.n_iter_
+    seen = []
+    real = linear_svm_module._fit_liblinear
+    monkeypatch.setattr(linear_svm_module, "_fit_liblinear", lambda X, *a, **k: seen.append(X) or real(X, *a, **k))
+    X32 = np.ascontiguousarray(X, dtype=np.float32)
+    LinearSVM().fit(X32, y)
+    assert seen[0] is X32  # no float64 (or any) copy
+    assert LinearSVM().fit(X32, y).decision_function(X32).dtype == np.float32
 
 
 def test_positive_weight_and_bias_multiplier_mean_what_liblinear_means():
@@ -155,7 +175,7 @@ def test_mining_follows_rcnn_rules_step_by_step(monkeypatch):
 
     assert stream.yielded == len(images) and next(stream.generator, None) is None
     assert model.n_images_ == len(images) and len(model.history_) == len(RecordingSVM.fits)
-    key_of = {feats[w].astype(np.float64).tobytes(): (i, w)
+    key_of = {feats[w].astype(np.float32).tobytes(): (i, w)
               for i, (feats, _) in enumerate(images) for w in range(len(feats))}
     evicted_any = skipped_easy = limit_hit = False
     for j in range(K):
@@ -170,7 +190,7 @@ def test_mining_follows_rcnn_rules_step_by_step(monkeypatch):
             assert len(trained_on) == len(negatives) == entry["n_neg"]  # no window twice
             assert trained_on == cache
             assert entry["n_added"] == pending and entry["n_pos"] == 25
-            evicted = {k for k in cache if images[k[0]][0][k[1]].astype(np.float64) @ coef + bias < -1.2}
+            evicted = {k for k in cache if images[k[0]][0][k[1]] @ coef.astype(np.float32) + np.float32(bias) < -1.2}
             assert entry["n_evicted"] == len(evicted)
             evicted_any |= bool(evicted)
             cache.difference_update(evicted)
@@ -280,3 +300,107 @@ def test_sample_indices_is_deterministic_and_bounded():
     assert [i for i, _ in sample_indices(counts, seed=4)] != images
     few = sample_indices([3, 7], n_images=200, n_boxes=5, seed=0)
     assert [(i, len(b)) for i, b in few] == [(0, 3), (1, 5)]
+
+
+def test_difficult_objects_are_svm_positives_as_in_rcnn():
+    """R-CNN's roidb (roidb_from_voc.m) makes every GT box a positive; ``use_difficult=False`` drops difficult ones."""
+    gt = np.array([[0, 0, 39, 39], [100, 100, 139, 139], [50, 0, 89, 39]], dtype=float)
+    record = ImageRecord("a", Path("a.jpg"), 200, 200, gt, np.array([0, 1, 1]), np.array([False, True, False]))
+    windows = training_windows(record, np.array([[1, 1, 40, 40]], dtype=float), num_classes=2)
+    assert SVMConfig().use_difficult
+    assert windows.positives(SVMConfig().use_difficult).tolist() == [True, True, True, False]
+    assert windows.positive_labels.tolist() == [0, 1, 1, -1]
+    assert windows.positives(use_difficult=False).tolist() == [True, False, True, False]
+    # a window on a difficult object is never a negative of its class, whichever the setting
+    assert windows.overlaps[1, 1] == 1.0
+
+
+# -- memory of the mining caches (docs/benchmarks.md, "SVM stage at VOC size") -------------------
+
+def test_negative_store_gathers_compacts_and_keeps_dtype():
+    rng = np.random.default_rng(8)
+    store = NegativeStore(dim=3, dtype=np.float16, block_rows=5)
+    parts = [rng.normal(size=(n, 3)).astype(np.float32) for n in (4, 0, 3, 6)]
+    ids = [store.add(p, np.column_stack([np.full(len(p), i), np.arange(len(p))])) for i, p in enumerate(parts)]
+    every = np.concatenate(parts)
+    assert len(store) == 13 and [len(i) for i in ids] == [4, 0, 3, 6] and store.nbytes == 13 * 3 * 2
+    out = np.empty((4, 3), np.float32)
+    rows = np.array([1, 3, 4, 12])
+    store.gather(rows, out)
+    np.testing.assert_array_equal(out, every[rows].astype(np.float16).astype(np.float32))
+    referenced = np.zeros(13, bool)
+    referenced[[0, 4, 5, 9, 12]] = True
+    remap = store.compact(referenced)
+    assert len(store) == 5 and remap[[0, 4, 5, 9, 12]].tolist() == [0, 1, 2, 3, 4] and (remap[~referenced] == -1).all()
+    store.gather(np.arange(5), out := np.empty((5, 3), np.float32))
+    np.testing.assert_array_equal(out, every[referenced].astype(np.float16).astype(np.float32))
+    assert store.keys(np.arange(5)).tolist() == [[0, 0], [2, 0], [2, 1], [3, 2], [3, 5]]
+
+
+@pytest.mark.parametrize("cache_dtype", ["float32", "float16"])
+def test_mining_memory_store_once_and_no_float64_copies(monkeypatch, cache_dtype):
+    """Windows several classes cache are stored once, the positives are not copied per class, and
+    a retrain's only large allocation is one float32 training matrix (no float64 copy)."""
+    spec = SyntheticMining(num_images=12, windows=300, dim=200, num_classes=4, objects_per_image=2,
+                           hard_fraction=0.05)
+    X_pos, y_pos, images = synthetic_mining_data(spec)
+    images = list(images)
+    assert X_pos.dtype == np.float32 and all(f.dtype == np.float32 and f.shape == (300, 200) for f, _ in images)
+    trained_on = []
+    real_fit = LinearSVM.fit
+    monkeypatch.setattr(LinearSVM, "fit", lambda self, X, y: trained_on.append((X.dtype, X.flags.c_contiguous,
+                                                                                X.shape)) or real_fit(self, X, y))
+    tracemalloc.start()
+    svms = HardNegativeSVMs(cache_dtype=cache_dtype, retrain_limit=200).fit(X_pos, y_pos, iter(images),
+                                                                            num_classes=spec.num_classes)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    stats = svms.store_stats_
+    assert all(dtype == np.float32 and contiguous for dtype, contiguous, _ in trained_on)
+    # a window several classes cache is one row of the store
+    one = HardNegativeSVMs(cache_dtype=cache_dtype).fit(X_pos, y_pos, images[:1], num_classes=spec.num_classes)
+    assert one.store_stats_["peak_rows"] <= 300 < one.store_stats_["peak_referenced"] / 3  # all cache image 0
+    assert stats["peak_referenced"] > stats["peak_rows"] and stats["peak_bytes"] == stats["peak_rows"] * 200 * (
+        4 if cache_dtype == "float32" else 2)
+    # bound: the store, one float32 training matrix, a few per-image arrays and the caller's data
+    largest = max(shape[0] for _, _, shape in trained_on) * 200 * 4
+    per_image = 300 * 200 * 4
+    assert peak < stats["peak_bytes"] + largest + 4 * per_image + 2**20
+    # rows no class references are freed: at most compact_fraction of the store at any time
+    assert stats["rows"] <= stats["referenced"] and svms.cache_dtype == cache_dtype
+
+
+def test_duplicate_windows_have_equal_features_and_one_is_kept():
+    """spp_train.m's dedup: windows on the same cells at the same scale pool to the same vector."""
+    torch.manual_seed(0)
+    extractor = SPPFeatureExtractor(build_backbone("zf5", pretrained=False),
+                                    FeatureConfig(backbone="zf5", scales=(100, 160)))
+    image = np.random.default_rng(9).integers(0, 256, (100, 130, 3), dtype=np.uint8)
+    maps = extractor.compute_maps(image)
+    rng = np.random.default_rng(10)
+    x0, y0 = rng.integers(0, 80, 300), rng.integers(0, 50, 300)
+    boxes = np.column_stack([x0, y0, x0 + rng.integers(10, 50, 300), y0 + rng.integers(10, 50, 300)]).astype(float)
+    boxes = np.concatenate([boxes, boxes[:50] + rng.integers(0, 2, (50, 4))])  # near copies, often the same cells
+    scale_index, cells = extractor.window_cells(maps, boxes, image.shape[:2])
+    kept = distinct_windows(scale_index, cells)
+    keys = [tuple(k) for k in np.column_stack([scale_index.numpy(), cells.numpy()])]
+    first = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    assert kept.tolist() == sorted(first.values()) and len(kept) < len(boxes)
+    pooled = extractor.pool(maps, boxes, image.shape[:2]).numpy()
+    for i, key in enumerate(keys):
+        np.testing.assert_array_equal(pooled[i], pooled[first[key]])
+    assert SVMConfig().dedup_windows and len(distinct_windows(scale_index[:0], cells[:0])) == 0
+
+
+def test_benchmark_svm_command_reports_time_memory_and_cache(tmp_path, capsys):
+    out = tmp_path / "svm.json"
+    assert main(["benchmark-svm", "--num-images", "4", "--windows", "60", "--dim", "16", "--classes", "3",
+                 "--cache-dtype", "float16", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["spec"]["num_images"] == 4 and report["cache_dtype"] == "float16"
+    assert report["peak_rss_bytes"] >= report["peak_rss_before_bytes"] > 0 and report["cpu_s"] >= 0
+    assert report["store"]["peak_bytes"] == report["store"]["peak_rows"] * 16 * 2
+    assert report["retrains"] == len(report["retrain_sizes"]) > 0
+    assert "peak RSS" in capsys.readouterr().out

@@ -11,7 +11,18 @@ import sys
 from importlib import metadata
 
 from detection.core.errors import SppnetError
-from tools import ablation, benchmark, demo, detect_net, eval_net, filter_net, proposal_recall, test_net, train_net
+from tools import (
+    ablation,
+    benchmark,
+    benchmark_svm,
+    demo,
+    detect_net,
+    eval_net,
+    filter_net,
+    proposal_recall,
+    test_net,
+    train_net,
+)
 
 COMMANDS = {
     "demo": (demo, "generate a small dataset, train, test and print the AP table (offline, CPU)"),
@@ -23,6 +34,7 @@ COMMANDS = {
     "ablation": (ablation, "the paper's Table 9 (feature layers × 1/5 scales) on a generated set -> docs/results.md"),
     "recall": (proposal_recall, "selective search modes compared: recall at IoU 0.5 / 0.7 and seconds per image"),
     "benchmark": (benchmark, "time SPP-net (1 and 5 scales) against R-CNN on the same images and proposals"),
+    "benchmark-svm": (benchmark_svm, "time and peak memory of the SVM stage at VOC size, on generated features"),
 }
 
 

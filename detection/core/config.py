@@ -47,6 +47,7 @@ FeatureLayer = Literal["pool5", "fc6", "fc7", "ftfc6", "ftfc7"]  # what the SVMs
 ScheduleName = Literal["official", "paper"]  # keys of SCHEDULES
 ScaleSampling = Literal["random", "chosen"]
 Stage = Literal["proposals", "conv", "finetune", "svm", "bbox"]  # the training stages, in pipeline order
+CacheDtype = Literal["float32", "float16"]  # storage of the SVMs' cached hard negatives (§7)
 
 BACKBONES: tuple[str, ...] = typing.get_args(BackboneName)
 FEATURE_LAYERS: tuple[str, ...] = typing.get_args(FeatureLayer)
@@ -243,6 +244,15 @@ class SVMConfig(_Section):
     evict_threshold: float = -1.2  # after a retrain, drop cached negatives scoring below this
     retrain_limit: int = 2000  # retrain once more than this many new negatives have accumulated
     max_iter: int = 10000
+    # §7: R-CNN's roidb (rcnn/imdb/roidb_from_voc.m) makes every GT box a positive, difficult ones
+    # included; False trains on non-difficult GT boxes only (this project's earlier behaviour)
+    use_difficult: bool = True
+    # §7: spp_train.m mines only one of the windows that land on the same cells at the same scale
+    # (``dedup``: they have identical features); False mines every window
+    dedup_windows: bool = True
+    # §7: dtype of the cached hard negatives, "float32" or "float16" (half the memory; the features
+    # are rounded to fp16 once, when cached). R-CNN kept float32 (MATLAB single).
+    cache_dtype: CacheDtype = "float32"
 
     _name = "svm"
     _rules = {"feature_norm_target": POSITIVE, "norm_images": at_least(1), "norm_boxes_per_image": at_least(1),
@@ -257,6 +267,9 @@ class BBoxConfig(_Section):
     enabled: bool = True
     ridge_lambda: float = 1000.0  # R-CNN; the official SPP code uses 4000
     min_overlap: float = 0.6  # training windows: IoU > 0.6 with a GT box (R-CNN); official SPP code 0.5
+    # §8: R-CNN's rcnn_train_bbox_regressor.m regresses towards every GT box, difficult ones
+    # included; False uses non-difficult GT boxes only (this project's earlier behaviour)
+    use_difficult: bool = True
 
     _name = "bbox"
     _rules = {"ridge_lambda": POSITIVE, "min_overlap": FRACTION}
@@ -268,10 +281,14 @@ class TestConfig(_Section):
 
     score_threshold: float = -1.5  # SVM margin units
     nms_iou: float = 0.3
-    max_per_image: int = 100
+    # §9: spp_test.m and rcnn_test.m keep the top 100 boxes of each class in each image
+    max_per_class: int = 100
+    # then at most this many boxes per image over all classes, 0 = no cap (the official code has
+    # none; this project's earlier behaviour was max_per_class=0, max_per_image=100)
+    max_per_image: int = 0
 
     _name = "test"
-    _rules = {"nms_iou": FRACTION, "max_per_image": at_least(1)}
+    _rules = {"nms_iou": FRACTION, "max_per_class": at_least(0), "max_per_image": at_least(0)}
 
 
 # The sections a trained model's settings may change in at test time (Detector.load's overrides).

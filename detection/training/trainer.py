@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from detection.core.cache import Cache, atomic_write_bytes
@@ -52,7 +53,7 @@ from detection.training.stages import (
 )
 from detection.training.windows import TrainingWindows, finetune_targets, training_windows
 from features.backbones import build_backbone
-from features.extractor import build_extractor
+from features.extractor import build_extractor, distinct_windows
 from features.finetune import FineTuner
 from features.head import FCHead, build_head
 from proposals.store import STAGE as PROPOSAL_STAGE
@@ -215,12 +216,27 @@ class TrainingRun:
             self._windows = [training_windows(r, proposals[r.image_id], self.num_classes) for r in self.records]
         return self._windows
 
-    def _features(self, index: int, boxes: np.ndarray, head: FCHead | None, layer: str) -> np.ndarray:
-        """(n, 4) windows of training image ``index`` -> (n, D) unscaled ``layer`` features."""
-        maps, image_size = self.maps(index) if self.maps is not None else self.extractor.maps(
+    def _maps(self, index: int) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        return self.maps(index) if self.maps is not None else self.extractor.maps(
             self.records[index].image_id, lambda: load_image(self.records[index].path))
+
+    def _features(self, index: int, boxes: np.ndarray, head: FCHead | None, layer: str, maps=None) -> np.ndarray:
+        """(n, 4) windows of training image ``index`` -> (n, D) unscaled ``layer`` features."""
+        maps, image_size = maps if maps is not None else self._maps(index)
         pool5 = self.extractor.pool(maps, boxes, image_size)
         return layer_features(pool5, head, layer).cpu().numpy()
+
+    def _mining_windows(self, index: int) -> tuple[np.ndarray, tuple[list[torch.Tensor], tuple[int, int]]]:
+        """Training image ``index``'s windows to mine: their indices (M,), maps and image size.
+
+        §7: with ``svm.dedup_windows`` (SPP mode), only the first of the windows that land on the
+        same cells at the same scale, as ``spp_train.m``; they would give identical features.
+        """
+        boxes = self.windows()[index].boxes
+        maps = self._maps(index)
+        if self.config.svm.dedup_windows and self.config.features.mode == "spp":
+            return distinct_windows(*self.extractor.window_cells(maps[0], boxes, maps[1])), maps
+        return np.arange(len(boxes)), maps
 
     def _feature_scale(self, head: FCHead | None, layer: str) -> float:
         """Recipe §7: 20 / mean L2 norm of ``layer`` features, over a fixed random sample of windows."""
@@ -289,17 +305,19 @@ class TrainingRun:
         windows = self.windows()
         positives, labels = [], []
         for i, w in enumerate(self._bar(windows, "svm positives")):
-            is_positive = w.positive_labels >= 0
+            is_positive = w.positives(cfg.svm.use_difficult)
             if is_positive.any():
                 positives.append(self._features(i, w.boxes[is_positive], head, layer) * scale)
                 labels.append(w.positive_labels[is_positive])
 
-        def negative_images() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        def negative_images() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
             for i, w in enumerate(self._bar(windows, "svm hard negatives")):
-                yield self._features(i, w.boxes, head, layer) * scale, w.overlaps
+                mined, maps = self._mining_windows(i)
+                yield self._features(i, w.boxes[mined], head, layer, maps) * scale, w.overlaps[mined], mined
 
         if not positives:
-            raise TrainingError("no non-difficult ground-truth box in the training set: nothing to train SVMs on")
+            raise TrainingError(f"no {'' if cfg.svm.use_difficult else 'non-difficult '}ground-truth box in the "
+                                "training set: nothing to train SVMs on")
         svms = HardNegativeSVMs.from_config(cfg.svm).fit(np.concatenate(positives), np.concatenate(labels),
                                                          negative_images(), num_classes=self.num_classes)
         for entry in svms.history_:
@@ -314,10 +332,9 @@ class TrainingRun:
         scale = self._feature_scale(None, "pool5")  # §8: pool5 with its own scale, whatever the SVMs read
         features, targets, labels = [], [], []
         for i, w in enumerate(self._bar(self.windows(), "bbox regression")):
-            record = w.record
+            gt_boxes, gt_labels = w.ground_truth(cfg.bbox.use_difficult)
             chosen, image_targets, image_labels = regression_training_set(
-                w.boxes, record.boxes[~record.difficult], record.labels[~record.difficult],
-                min_overlap=cfg.bbox.min_overlap)
+                w.boxes, gt_boxes, gt_labels, min_overlap=cfg.bbox.min_overlap)
             if len(chosen):
                 features.append(self._features(i, w.boxes[chosen], None, "pool5") * scale)
                 targets.append(image_targets)

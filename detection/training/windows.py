@@ -16,13 +16,24 @@ class TrainingWindows:
 
     ``overlaps`` (N, K): each window's IoU with the best GT box of each class (difficult boxes
     included, so a window on a difficult object is never a negative); ``positive_labels`` (N,):
-    the class of non-difficult GT boxes, -1 for every other window.
+    the class of each GT box, difficult ones included (R-CNN's roidb), -1 for every other window;
+    ``difficult`` (N,): True for the difficult GT boxes.
     """
 
     record: ImageRecord
     boxes: np.ndarray
     overlaps: np.ndarray
     positive_labels: np.ndarray
+    difficult: np.ndarray
+
+    def positives(self, use_difficult: bool = True) -> np.ndarray:
+        """(N,) bool: the SVM positives (§7), the GT boxes, difficult ones only if ``use_difficult``."""
+        return (self.positive_labels >= 0) & (use_difficult | ~self.difficult)
+
+    def ground_truth(self, use_difficult: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The GT boxes (G, 4) and classes (G,) box regression aims at (§8), difficult ones only if ``use_difficult``."""
+        keep = use_difficult | ~self.record.difficult
+        return self.record.boxes[keep], self.record.labels[keep]
 
 
 def training_windows(record: ImageRecord, proposals: np.ndarray, num_classes: int) -> TrainingWindows:
@@ -32,9 +43,10 @@ def training_windows(record: ImageRecord, proposals: np.ndarray, num_classes: in
     for label in np.unique(record.labels):
         overlaps[:, label] = iou[:, record.labels == label].max(axis=1)
     positive_labels = np.full(len(boxes), -1, dtype=np.int64)
-    gt_positive = ~record.difficult
-    positive_labels[: len(record.boxes)][gt_positive] = record.labels[gt_positive]
-    return TrainingWindows(record, boxes, overlaps, positive_labels)
+    positive_labels[: len(record.boxes)] = record.labels
+    difficult = np.zeros(len(boxes), bool)
+    difficult[: len(record.boxes)] = record.difficult
+    return TrainingWindows(record, boxes, overlaps, positive_labels, difficult)
 
 
 def finetune_targets(windows: TrainingWindows) -> tuple[np.ndarray, np.ndarray]:
