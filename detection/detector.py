@@ -17,7 +17,6 @@ Feature layers (``config.svm.feature_layer``, the rows of the paper's Table 9):
 """
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from detection.core.boxes import apply_bbox_deltas, batched_nms, clip_boxes
 from detection.core.cache import Cache, atomic_write_bytes
 from detection.core.config import FEATURE_LAYERS, TEST_TIME_SECTIONS, ConfigError, SPPConfig
 from detection.core.errors import SppnetError
+from detection.core.hashing import state_hash
 from detection.core.images import as_rgb_array
 from detection.core.detections import Detections
 from features.backbones import Backbone, build_backbone
@@ -69,15 +69,6 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             raise DeviceError(f"device {str(device)!r} requested but there are only "
                               f"{torch.cuda.device_count()} CUDA GPUs")
     return resolved
-
-
-def state_hash(module: torch.nn.Module) -> str:
-    """A short hash of a module's parameters and buffers: names weights in cache fingerprints."""
-    digest = hashlib.sha1()
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def weights_id(backbone: Backbone) -> str:

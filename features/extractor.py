@@ -7,6 +7,7 @@ stages and reruns never run the conv layers again.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import cv2
@@ -20,6 +21,14 @@ from features.projection import choose_scales, image_scale_factors, project_boxe
 from features.spp import spatial_pyramid_pool, spp_output_dim
 
 CONV_STAGE = "conv"
+CACHE_PRECISIONS = {"float16": 2, "int8": 1}  # bytes per cached map value
+
+
+def conv_fingerprint(backbone: str, weights_id: str, config: FeatureConfig) -> str:
+    """What cached conv maps depend on: the backbone and its weights' hash, the scales, the stored precision."""
+    parts = (backbone, weights_id, tuple(config.scales))
+    # fp16 entries keep the fingerprint they had before precisions were a setting
+    return fingerprint(*parts) if config.cache_precision == "float16" else fingerprint(*parts, config.cache_precision)
 
 
 def resize_to_scale(image: np.ndarray, scale: int) -> np.ndarray:
@@ -43,10 +52,11 @@ class SPPFeatureExtractor:
         self.config = config
         self.device = torch.device(device)
         self.cache = cache
-        self.conv_fingerprint = fingerprint(backbone.name, weights_id, tuple(config.scales))
+        self.conv_fingerprint = conv_fingerprint(backbone.name, weights_id, config)
         if cache is not None:
             cache.describe(CONV_STAGE, self.conv_fingerprint,
-                           {"backbone": backbone.name, "weights": weights_id, "scales": list(config.scales)})
+                           {"backbone": backbone.name, "weights": weights_id, "scales": list(config.scales),
+                            "precision": config.cache_precision})
 
     @property
     def output_dim(self) -> int:
@@ -61,24 +71,72 @@ class SPPFeatureExtractor:
             maps.append(self.backbone(self.backbone.preprocess(pixels))[0])
         return maps
 
-    def maps(self, key: str, load_image: Callable[[], np.ndarray]) -> tuple[list[torch.Tensor], tuple[int, int]]:
+    def maps(self, key: str, load_image: Callable[[], np.ndarray],
+             source: str | None) -> tuple[list[torch.Tensor], tuple[int, int]]:
         """Maps for image ``key`` and the image's (height, width), cached in fp16 on disk.
 
-        ``load_image`` is only called on a miss, so a warm cache reads no image files.
+        ``source`` is the hash of the file ``load_image`` reads (:meth:`Cache.source`): a cached
+        entry is used only when it was computed from the same content, and None bypasses the
+        cache. ``load_image`` is only called on a miss, so a warm cache reads no image files. A
+        cached entry is memory-mapped: on the CPU the maps are views of the file's pages.
         """
-        stored = None if self.cache is None else self.cache.get(CONV_STAGE, self.conv_fingerprint, key)
+        use_cache = self.cache is not None and source is not None
+        stored = self.cache.get(CONV_STAGE, self.conv_fingerprint, key, source=source, mmap=True) if use_cache else None
         if stored is not None:
-            maps = [torch.from_numpy(stored[f"scale{i}"]).to(self.device) for i in range(len(self.config.scales))]
-            return maps, tuple(int(v) for v in stored["image_size"])
+            return self.decode_maps(stored), tuple(int(v) for v in stored["image_size"])
         image = load_image()
         maps = self.compute_maps(image)
-        if self.cache is not None:
-            # hand back the same fp16 values a later cache hit will read, so results never depend
-            # on whether the cache was warm
-            maps = [m.to(torch.float16) for m in maps]
-            arrays = {f"scale{i}": m.cpu().numpy() for i, m in enumerate(maps)}
-            self.cache.put(CONV_STAGE, self.conv_fingerprint, key, {**arrays, "image_size": np.array(image.shape[:2])})
+        if use_cache:
+            arrays = self.encode_maps(maps)
+            self.cache.put(CONV_STAGE, self.conv_fingerprint, key, {**arrays, "image_size": np.array(image.shape[:2])},
+                           source=source)
+            # hand back the same values a later cache hit will read, so results never depend on
+            # whether the cache was warm
+            maps = self.decode_maps(arrays)
         return maps, image.shape[:2]
+
+    def encode_maps(self, maps: list[torch.Tensor]) -> dict[str, np.ndarray]:
+        """Maps -> the cache entry's arrays: ``scale{i}`` (C, H, W) fp16, or int8 with ``step{i}`` (C,) float32."""
+        arrays = {}
+        for i, fmap in enumerate(maps):
+            if self.config.cache_precision == "float16":
+                arrays[f"scale{i}"] = fmap.to(torch.float16).cpu().numpy()
+                continue
+            step = fmap.abs().amax(dim=(1, 2)).float() / 127  # (C,)
+            step = torch.where(step > 0, step, torch.ones_like(step))
+            arrays[f"scale{i}"] = torch.round(fmap / step[:, None, None]).clamp(-127, 127).to(torch.int8).cpu().numpy()
+            arrays[f"step{i}"] = step.cpu().numpy()
+        return arrays
+
+    def decode_maps(self, arrays: dict[str, np.ndarray]) -> list[torch.Tensor]:
+        """The entry's arrays -> one (C, H, W) fp16 map per scale on the device."""
+        maps = []
+        for i in range(len(self.config.scales)):
+            fmap = torch.from_numpy(arrays[f"scale{i}"]).to(self.device)
+            if f"step{i}" in arrays:
+                step = torch.from_numpy(arrays[f"step{i}"]).to(self.device)[:, None, None]
+                fmap = (fmap.float() * step).to(torch.float16)
+            maps.append(fmap)
+        return maps
+
+    def cached(self, key: str, source: str | None) -> bool:
+        """Whether maps of ``key`` computed from the file whose hash is ``source`` are in the cache."""
+        return self.cache is not None and source is not None and self.cache.has(
+            CONV_STAGE, self.conv_fingerprint, key, source=source)
+
+    def cache_bytes(self, height: int, width: int) -> int:
+        """An upper bound on the bytes one image's cached maps take (every scale; the header aside).
+
+        A map has at most ceil(side / S) cells a side at the scaled size (``PadToMultiple`` gives
+        exactly that; unpadded networks a little less).
+        """
+        total = 0
+        for factor in image_scale_factors(height, width, self.config.scales).tolist():
+            rows, cols = (math.ceil(max(1, round(side * factor)) / self.backbone.stride) for side in (height, width))
+            total += self.backbone.channels * rows * cols * CACHE_PRECISIONS[self.config.cache_precision]
+            if self.config.cache_precision == "int8":
+                total += 4 * self.backbone.channels  # the float32 step of each channel
+        return total
 
     def window_cells(self, maps: list[torch.Tensor], boxes: np.ndarray, image_size: tuple[int, int],
                      scale_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

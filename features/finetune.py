@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from detection.core.cache import atomic_write_bytes
 from detection.core.config import SCHEDULES, FinetuneConfig, fingerprint
+from detection.core.hashing import state_hash
 from features.head import FCHead
 
 LR_GAMMA = 0.1
@@ -169,7 +170,7 @@ class FineTuner:
             raise ValueError("the head to fine-tune needs an fc8 (build it with num_classes)")
         self.head = head
         # taken now: after an interrupted fit() the head holds half-trained weights
-        self.initial_digest = _state_digest(head)
+        self.initial_digest = state_hash(head)
         self.config = config
         self.pool_fn = pool_fn
         self.checkpoint_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
@@ -331,15 +332,6 @@ class _Meter:
     def averages(self) -> dict[str, float]:
         return {"loss": self.loss / max(self.iterations, 1), "accuracy": self.correct / max(self.count, 1),
                 "fg_accuracy": self.fg_correct / max(self.fg_count, 1)}
-
-
-def _state_digest(module: torch.nn.Module) -> str:
-    """A hash of a module's parameter and buffer values."""
-    h = hashlib.sha1()
-    for name, tensor in module.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy())
-    return h.hexdigest()[:16]
 
 
 def _cuda_indices(device: torch.device) -> list[int]:

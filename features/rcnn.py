@@ -142,8 +142,9 @@ class RCNNFeatureExtractor:
         """(H, W, 3) uint8 RGB -> [(3, H, W) float32 normalised image on the device]."""
         return [self.backbone.preprocess(torch.tensor(image, device=self.device))[0]]
 
-    def maps(self, key: str, load_image: Callable[[], np.ndarray]) -> tuple[list[torch.Tensor], tuple[int, int]]:
-        """The image ``key`` as "maps", and its (height, width); nothing is cached."""
+    def maps(self, key: str, load_image: Callable[[], np.ndarray],
+             source: str | None) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        """The image ``key`` as "maps", and its (height, width); nothing is cached (``source`` is unused)."""
         image = load_image()
         return self.compute_maps(image), image.shape[:2]
 

@@ -2,8 +2,8 @@
 markers that a rerun replaces, leaving hand-written text alone."""
 import pytest
 
-from detection.runs.ablation import ROWS, write_markdown_section
-from tools.cli import main
+from detection.runs.ablation import GENERATED_SETS, ROWS, write_markdown_section
+from tools.cli import build_parser, main
 
 
 def test_markdown_section_is_replaced_in_place_and_text_around_it_kept(tmp_path):
@@ -32,3 +32,29 @@ def test_ablation_command_writes_every_row(tmp_path, capsys):
     for needle in ("machine:", "date:", "command:", "fine-tuning", "| SVMs on ftfc7 |", "| test ftfc7 + bb"):
         assert needle in text
     assert capsys.readouterr().out.count("mAP") == len(ROWS)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:classes .* have no positives:RuntimeWarning")
+def test_ablation_on_the_realistic_set(tmp_path):
+    doc = tmp_path / "results.md"
+    common = ["--columns", "1", "--max-proposals", "40", "--proposal-width", "160", "--finetune-iterations", "5",
+              "--finetune-hidden", "16", "--doc", str(doc), "--quiet", "--device", "cpu", "--workers", "1",
+              "--num-images", "2", "--out", str(tmp_path / "out")]
+    assert main(["ablation", "--dataset", "realistic", "--image-size", "200x160"] + common) == 0
+    text = doc.read_text()
+    assert "ablation realistic-2-200x160-seed0: begin" in text
+    section = text[text.index("### Realistic set: 2 + 2 generated images (200×160, seed 0)"):]
+    assert "`make_realistic_dataset(num_trainval=2, num_test=2, seed=0, image_size=(200, 160))`" in section
+    assert "| ftfc7 + bb |" in section
+    assert (tmp_path / "out" / "realistic-2-200x160-seed0" / "data" / "realistic_dataset.json").is_file()
+
+
+
+def test_dataset_choices_are_the_generated_sets():
+    args = build_parser().parse_args(["ablation", "--dataset", "realistic"])
+    assert args.dataset == "realistic" and args.num_images is None and args.image_size is None
+    ablation_parser = next(a for a in build_parser()._actions if a.dest == "command").choices["ablation"]
+    choices = next(a.choices for a in ablation_parser._actions if a.dest == "dataset")
+    assert tuple(choices) == tuple(sorted(GENERATED_SETS))
+    assert GENERATED_SETS["realistic"].image_size == (500, 375) and GENERATED_SETS["realistic"].num_images == 150

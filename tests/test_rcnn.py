@@ -138,7 +138,7 @@ def test_rcnn_features_match_a_per_window_reference(zf5):
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
     boxes = np.array([[0, 0, 119, 89], [10, 20, 40, 60], [100, 70, 119, 89], [30, 5, 31, 6], [50, 0, 110, 30]], float)
-    maps, size = extractor.maps("any", lambda: image)
+    maps, size = extractor.maps("any", lambda: image, None)
     assert size == (90, 120) and len(maps) == 1 and maps[0].shape == (3, 90, 120)
     pooled = extractor.pool(maps, boxes, size)
     assert pooled.shape == (5, 12800) and pooled.dtype == torch.float32
@@ -165,7 +165,7 @@ def test_rcnn_maps_only_read_the_image(zf5, monkeypatch):
     extractor = RCNNFeatureExtractor(zf5, FeatureConfig(mode="rcnn"))
     monkeypatch.setattr(zf5, "forward", lambda x: pytest.fail("the conv layers ran for maps()"))
     calls = []
-    maps, size = extractor.maps("k", lambda: calls.append(1) or np.zeros((20, 30, 3), np.uint8))
+    maps, size = extractor.maps("k", lambda: calls.append(1) or np.zeros((20, 30, 3), np.uint8), None)
     assert calls == [1] and size == (20, 30) and maps[0].shape == (3, 20, 30)
 
 

@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from detection.core.cache import ENTRY_SUFFIX
 from detection.data.demo import make_demo_dataset
 
 pytestmark = pytest.mark.slow
@@ -54,7 +55,7 @@ def test_killed_and_rerun_training_writes_the_same_model(tmp_path):
     subprocess.run(train_command(voc, whole), check=True, env=env, stdout=subprocess.DEVNULL)
 
     def conv_entries():
-        return len(list((killed / "cache" / "conv").glob("*/*.npz")))
+        return len(list((killed / "cache" / "conv").glob(f"*/*{ENTRY_SUFFIX}")))
 
     def checkpoints():
         return list((killed / "cache" / "finetune").glob("*/finetune_checkpoint.pt"))

@@ -140,7 +140,7 @@ def test_every_feature_layer_trains_and_tests_end_to_end(voc, tmp_path, first_ru
 
     loaded = Detector.load(tmp_path / "model.pt", device="cpu", cache=trainer.cache)
     assert test_model(loaded, test_set, tmp_path / "test2", trainer.cache, progress=False) == metrics
-    maps, size = loaded.extractor.maps(test_set[0].image_id, None)  # cached by the test above
+    maps, size = loaded.extractor.maps(test_set[0].image_id, None, trainer.cache.source(test_set[0].path))  # cached above
     boxes = np.array([[0, 0, 50, 40], [20, 10, 100, 90]], dtype=np.float64)
     a, b = detector.features(maps, boxes, size), loaded.features(maps, boxes, size)
     assert torch.equal(a.svm, b.svm) and torch.equal(a.pool5, b.pool5)

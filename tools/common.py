@@ -100,6 +100,7 @@ class ConfigFlag:
     help: str
     type: Callable[[str], Any] | None = None
     const: Any = None
+    metavar: str | None = None
 
     @property
     def dest(self) -> str:
@@ -112,7 +113,7 @@ MODEL_FLAGS = (
     ConfigFlag("--backbone", "features.backbone", "the conv layers; efficientnet_lite0 has offline ImageNet weights"),
     ConfigFlag("--backbone-weights", "features.backbone_weights",
                "a local state-dict file for the backbone (torchvision key names for alexnet/vgg16); "
-               "none: the backbone's own weights"),
+               "none: the backbone's own weights", metavar="PATH"),
     ConfigFlag("--scales", "features.scales",
                "1 (688), 5 (480,576,688,864,1200) or a comma list of shorter image sides", type=parse_scales),
     ConfigFlag("--scale-rule", "features.scale_rule",
@@ -120,8 +121,12 @@ MODEL_FLAGS = (
     ConfigFlag("--projection", "features.projection",
                "window-to-feature-map rule: the paper's appendix or the official code"),
     ConfigFlag("--pyramid", "features.pyramid_levels", "spatial pyramid levels, comma-separated", type=parse_int_list),
+    ConfigFlag("--cache-precision", "features.cache_precision",
+               "how the conv cache stores maps: float16, or int8 per channel at half the disk "
+               "(values within max|x|/254 of the computed ones)"),
     ConfigFlag("--proposal-mode", "proposals.mode",
-               "selective search: fast (R-CNN, SPP-net) or quality (more windows, slower)"),
+               "selective search: rcnn_fast (R-CNN's fast mode: k 50, 100), opencv_fast (OpenCV's: k 150, 300, 450) "
+               "or quality (more windows, slower)"),
     ConfigFlag("--proposal-width", "proposals.resize_width",
                "selective search runs on the image resized to this width (0: not resized)"),
     ConfigFlag("--max-proposals", "proposals.max_proposals", "selective-search windows kept per image, at most"),
@@ -140,7 +145,8 @@ MODEL_FLAGS = (
     ConfigFlag("--finetune-checkpoint-every", "finetune.checkpoint_every",
                "iterations between fine-tuning checkpoints, from which an interrupted run resumes"),
     ConfigFlag("--svm-c", "svm.C", "the SVMs' regularisation constant C (liblinear -c; R-CNN's 0.001)"),
-    ConfigFlag("--bbox-lambda", "bbox.ridge_lambda", "box regression's ridge lambda (R-CNN 1000, official SPP code 4000)"),
+    ConfigFlag("--bbox-lambda", "bbox.ridge_lambda",
+               "box regression's ridge lambda (R-CNN 1000, official SPP code 4000)"),
     ConfigFlag("--bbox-min-overlap", "bbox.min_overlap",
                "box regression trains on windows of IoU above this with a ground-truth box "
                "(R-CNN 0.6, official SPP code 0.5)"),
@@ -159,6 +165,22 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int_at_least(0), default=min(4, os.cpu_count() or 1),
                         help="processes computing selective search in parallel (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_proposals_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--proposals", metavar="PATH", default=None,
+                        help="precomputed windows instead of selective search: R-CNN's selective_search_data "
+                             "voc_2007_*.mat, an .npz of one (N, 4) array per image id, or a directory of "
+                             "<image_id>.txt with 0-based 'x1 y1 x2 y2' lines (see proposals/precomputed.py)")
+
+
+def precomputed_from_args(args: argparse.Namespace):
+    """--proposals read (the file checked), or None."""
+    if args.proposals is None:
+        return None
+    from proposals.precomputed import PrecomputedProposals
+
+    return PrecomputedProposals(args.proposals)
 
 
 def add_set_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, help_text: str) -> None:
@@ -186,7 +208,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, preset: str | None = N
             continue
         annotation = option_type(option.key)
         choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
-        group.add_argument(option.flag, dest=option.dest, default=None, choices=choices,
+        group.add_argument(option.flag, dest=option.dest, default=None, choices=choices, metavar=option.metavar,
                            type=option.type or _reader(annotation),
                            help=f"{option.help} (default: {_default_text(value)})")
 
@@ -226,9 +248,10 @@ def model_overrides(args: argparse.Namespace) -> dict[str, str]:
 
 
 def add_test_time_set_argument(parser: argparse.ArgumentParser) -> None:
-    add_set_argument(parser, f"change the model's test-time options ({', '.join(s + '.*' for s in TEST_TIME_SECTIONS)}) "
-                             "by dotted name, e.g. --set test.nms_iou=0.4 test.max_per_image=20; it takes every "
-                             "word up to the next option, so give it after the inputs")
+    sections = ", ".join(s + ".*" for s in TEST_TIME_SECTIONS)
+    add_set_argument(parser, f"change the model's test-time options ({sections}) by dotted name, e.g. "
+                             "--set test.nms_iou=0.4 test.max_per_image=20; it takes every word up to the next "
+                             "option, so give it after the inputs")
 
 
 def parse_assignments(texts: list[str]) -> dict[str, str]:

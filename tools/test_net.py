@@ -6,11 +6,13 @@ from pathlib import Path
 
 from tools.common import (
     add_images_argument,
+    add_proposals_argument,
     add_runtime_arguments,
     add_test_time_set_argument,
     device_from_args,
     load_data,
     model_overrides,
+    precomputed_from_args,
 )
 
 
@@ -27,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None,
                         help="proposal/conv cache (default: OUT/cache); share it between runs to skip recomputation")
     add_test_time_set_argument(parser)
+    add_proposals_argument(parser)
     add_runtime_arguments(parser)
 
 
@@ -41,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
     detector = Detector.load(args.model, device=device_from_args(args), cache=cache, overrides=overrides)
     dataset = load_data(args, classes=detector.classes)
     metrics = test_model(detector, dataset, args.out, cache, metric=args.metric, workers=args.workers,
-                         progress=not args.quiet)
+                         progress=not args.quiet, proposals=precomputed_from_args(args))
     print(format_metrics(metrics))
+    if cache.stale:
+        print(f"{len(cache.stale)} stale cache entries recomputed (computed from other image files than these)")
     for reason in metrics.get("failed_images", {}).values():
         print(f"failed: {reason}")
     return 1 if metrics.get("failed_images") else 0

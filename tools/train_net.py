@@ -13,11 +13,13 @@ from detection.core.config import STAGES, parse_stages
 from tools.common import (
     add_config_arguments,
     add_images_argument,
+    add_proposals_argument,
     add_runtime_arguments,
     config_from_args,
     load_data,
     device_from_args,
     parse_classes,
+    precomputed_from_args,
     save_config,
 )
 
@@ -44,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or the names found in the split's annotations)")
     add_images_argument(parser)
     add_config_arguments(parser)
+    add_proposals_argument(parser)
     add_runtime_arguments(parser)
 
 
@@ -53,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
     device = device_from_args(args)
     dataset = load_data(args, classes=args.classes)
-    trainer = Trainer(config, args.work_dir, device=device, workers=args.workers, progress=not args.quiet)
+    trainer = Trainer(config, args.work_dir, device=device, workers=args.workers, progress=not args.quiet,
+                      proposals=precomputed_from_args(args))
     save_config(config, trainer.work_dir)
     detector = trainer.train(dataset, stages=args.stages)
     if detector is not None:

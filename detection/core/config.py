@@ -39,13 +39,14 @@ FIVE_SCALES = (480, 576, 688, 864, 1200)  # §4, paper; the official code uses 8
 SINGLE_SCALE = (688,)  # §4
 
 # -- allowed names (the command line's choices) ----------------------------------------------------
-ProposalMode = Literal["fast", "quality"]  # §5: selective search's fast mode (R-CNN, SPP-net) or quality mode
+ProposalMode = Literal["rcnn_fast", "opencv_fast", "quality"]  # §5: R-CNN's fast mode, OpenCV's, quality
 FeatureMode = Literal["spp", "rcnn"]
 BackboneName = Literal["efficientnet_lite0", "alexnet", "vgg16", "zf5"]  # §1; features/backbones.py builds them
 PaperOrOfficial = Literal["paper", "official"]  # a rule where the paper and the official code differ
 FeatureLayer = Literal["pool5", "fc6", "fc7", "ftfc6", "ftfc7"]  # what the SVMs read: the rows of Table 9 (§7)
 ScheduleName = Literal["official", "paper"]  # keys of SCHEDULES
 ScaleSampling = Literal["random", "chosen"]
+CachePrecision = Literal["float16", "int8"]  # how the conv cache stores maps (features/extractor.py)
 Stage = Literal["proposals", "conv", "finetune", "svm", "bbox"]  # the training stages, in pipeline order
 CacheDtype = Literal["float32", "float16"]  # storage of the SVMs' cached hard negatives (§7)
 
@@ -127,7 +128,10 @@ class _Section:
 class ProposalConfig(_Section):
     """Selective search (§5)."""
 
-    mode: ProposalMode = "fast"
+    # §5: selective search "fast" as R-CNN ran it ("rcnn_fast": selective_search_boxes.m, k in {50, 100},
+    # min size k, HSV and Lab, two strategies), OpenCV's own fast mode ("opencv_fast": k in {150, 300,
+    # 450}, min size 0: coarser, misses small objects; docs/benchmarks.md measures both) or "quality"
+    mode: ProposalMode = "rcnn_fast"
     resize_width: int = 500  # R-CNN's demo runs selective search on the image resized to width 500 (0: not resized)
     min_size: int = 20  # windows narrower or shorter than this (at the proposal image size) are dropped
     max_proposals: int = 2000  # about 2,000 windows per image
@@ -161,6 +165,11 @@ class FeatureConfig(_Section):
     projection: PaperOrOfficial = "paper"
     official_offset: float = 6.5
     pyramid_levels: tuple[int, ...] = (1, 2, 3, 6)  # §3: 50 bins
+    # How the conv cache stores maps (§4: the official cache is compressed, about 20 GB for VOC07;
+    # not a paper setting): "float16" every value in fp16; "int8" each channel of each scale in 8-bit
+    # steps of max|x|/127, half the disk (VOC07 trainval + flips at 5 scales: 19 GB instead of 38
+    # with efficientnet_lite0), values within max|x|/254 of the computed ones (then held in fp16).
+    cache_precision: CachePrecision = "float16"
     rcnn_context: int = 16  # R-CNN mode: pixels of context around each window before warping
     rcnn_batch_size: int = 128  # R-CNN mode: warped windows per conv batch
 

@@ -12,11 +12,11 @@ from detection.core.images import load_image
 from detection.data.records import ImageRecord
 from detection.training.stages import FLIP_SUFFIX
 from detection.training.windows import TrainingWindows
-from features.extractor import CONV_STAGE
 
-# Fine-tuning draws windows from random images every iteration; this many images' maps (about 4 MB
-# each at five scales) stay in memory so that they are not read from disk again and again.
-MAPS_IN_MEMORY = 512
+# Fine-tuning draws windows from random images every iteration. Cached maps are memory-mapped, so
+# the page cache keeps recently read ones without costing this process memory; this many images'
+# maps are also kept as tensors (on the device), so an image drawn again soon costs nothing.
+MAPS_IN_MEMORY = 64
 # ... and it draws each candidate window many times (iterations · 128 / candidates, about 15 times on
 # the demo set), so this much of their SPP vectors is kept too, rather than pooled again.
 POOLED_IN_MEMORY_BYTES = 1 << 30
@@ -26,13 +26,16 @@ class MapReader:
     """Conv maps of the training images by index, through the conv cache: index i < n is image i,
     n + i its horizontal mirror image (cached under ``<image id>#flip``).
 
-    :meth:`__call__` keeps the ``MAPS_IN_MEMORY`` most recently used maps in memory; :meth:`compute`
-    fills the cache without keeping anything.
+    ``sources[i]`` is the hash of image i's file (:meth:`Cache.source`), which its cached maps (and
+    its mirror image's) must have been computed from. :meth:`__call__` keeps the ``in_memory`` most
+    recently used maps; :meth:`compute` fills the cache without keeping anything.
     """
 
-    def __init__(self, extractor, records: list[ImageRecord], in_memory: int = MAPS_IN_MEMORY):
+    def __init__(self, extractor, records: list[ImageRecord], sources: list[str | None],
+                 in_memory: int = MAPS_IN_MEMORY):
         self.extractor = extractor
         self.records = records
+        self.sources = sources
         self._remembered = functools.lru_cache(maxsize=in_memory)(self.compute)
 
     def key(self, index: int) -> str:
@@ -40,7 +43,7 @@ class MapReader:
         return record.image_id + (FLIP_SUFFIX if index >= len(self.records) else "")
 
     def cached(self, index: int) -> bool:
-        return self.extractor.cache.has(CONV_STAGE, self.extractor.conv_fingerprint, self.key(index))
+        return self.extractor.cached(self.key(index), self.sources[index % len(self.records)])
 
     def compute(self, index: int) -> tuple[list[torch.Tensor], tuple[int, int]]:
         record = self.records[index % len(self.records)]
@@ -50,7 +53,7 @@ class MapReader:
             pixels = load_image(record.path)
             return np.ascontiguousarray(pixels[:, ::-1]) if flipped else pixels
 
-        return self.extractor.maps(self.key(index), image)
+        return self.extractor.maps(self.key(index), image, self.sources[index % len(self.records)])
 
     def __call__(self, index: int) -> tuple[list[torch.Tensor], tuple[int, int]]:
         return self._remembered(index)

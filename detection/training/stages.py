@@ -32,6 +32,7 @@ from detection.core.cache import Cache
 from detection.core.config import SPPConfig, fingerprint
 from detection.core.errors import SppnetError
 from detection.data.voc import VOCDataset
+from features.extractor import conv_fingerprint
 
 # The stages whose outputs a stage reads (when they are needed at all: see :func:`skip_reason`).
 UPSTREAM = {
@@ -51,9 +52,11 @@ class StageError(SppnetError, RuntimeError):
     """A stage cannot run: an output it reads is missing. The one-line message says what to run."""
 
 
-def dataset_fingerprint(dataset: VOCDataset) -> str:
-    """A hash of the class list and every image's id and annotation: what the learned stages saw."""
-    records = [(r.image_id, r.boxes.tolist(), r.labels.tolist(), r.difficult.tolist()) for r in dataset]
+def dataset_fingerprint(dataset: VOCDataset, sources: list[str | None]) -> str:
+    """A hash of the class list and every image's id, annotation and file content hash (``sources``,
+    one per image, :meth:`~detection.core.cache.Cache.source`): what the learned stages saw."""
+    records = [(r.image_id, r.boxes.tolist(), r.labels.tolist(), r.difficult.tolist(), source)
+               for r, source in zip(dataset, sources, strict=True)]
     return fingerprint(list(dataset.classes), records)
 
 
@@ -76,7 +79,7 @@ def stage_fingerprints(config: SPPConfig, proposals: str, backbone_weights: str,
     hash, ``dataset`` :func:`dataset_fingerprint`, ``pretrained_head`` the hash of the backbone's
     pretrained fc layers (None when it has none).
     """
-    conv = fingerprint(config.features.backbone, backbone_weights, tuple(config.features.scales))
+    conv = conv_fingerprint(config.features.backbone, backbone_weights, config.features)
     upstream = (proposals, conv, dataset, config.features)  # features: pooling (levels, rules) shapes every vector
     finetune_settings = config.finetune.weight_settings()  # the settings that change the weights
     finetune = fingerprint("finetune", *upstream, finetune_settings, pretrained_head)

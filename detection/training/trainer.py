@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from detection.core.cache import Cache, atomic_write_bytes
 from detection.core.config import STAGES, SPPConfig
 from detection.core.errors import SppnetError
+from detection.core.hashing import state_hash
 from detection.core.images import load_image
 from detection.data.voc import VOCDataset
 from detection.detector import (
@@ -36,7 +38,6 @@ from detection.detector import (
     head_layer,
     layer_features,
     resolve_device,
-    state_hash,
     weights_id,
 )
 from detection.training.log import TrainingLog, format_svm_retrain, summarise_svm_history
@@ -55,8 +56,8 @@ from features.backbones import build_backbone
 from features.extractor import build_extractor, distinct_windows
 from features.finetune import FineTuner
 from features.head import FCHead, build_head
-from proposals.store import STAGE as PROPOSAL_STAGE
-from proposals.store import ProposalStore
+from proposals.precomputed import PrecomputedProposals
+from proposals.store import ProposalStore, proposal_bytes
 from svm.bbox_regression import BoxRegressor, regression_training_set
 from svm.feature_norm import feature_norm_scale, sample_indices
 from svm.hard_negatives import HardNegativeSVMs
@@ -73,12 +74,14 @@ class Trainer:
     timings and the stages' fingerprints).
 
     ``timings`` holds the wall time (s) of each stage the last :meth:`train` computed.
+    ``proposals``: precomputed windows to train on instead of selective search's.
     """
 
     def __init__(self, config: SPPConfig, work_dir: str | Path, device: str | None = None,
                  workers: int = 1, progress: bool = True, log: Callable[[str], None] = print,
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, proposals: PrecomputedProposals | None = None):
         self.config = config
+        self.precomputed_proposals = proposals
         self.work_dir = Path(work_dir)
         self.cache = Cache(cache_dir if cache_dir is not None else self.work_dir / "cache")
         self.device = resolve_device(device)
@@ -129,12 +132,16 @@ class TrainingRun:
         backbone_id = weights_id(self.backbone)
         self.extractor = build_extractor(self.backbone, cfg.features, self.device, cache=self.cache,
                                          weights_id=backbone_id)
-        self.proposal_store = ProposalStore(self.cache, cfg.proposals, workers=trainer.workers)
-        self.maps = None if skip_reason("conv", cfg) else MapReader(self.extractor, self.records)
+        self.proposal_store = ProposalStore(self.cache, cfg.proposals, workers=trainer.workers,
+                                            precomputed=trainer.precomputed_proposals)
+        # each image file's content hash: per-image cache entries are checked against it, and the
+        # learned stages' fingerprints include it (an image replaced in place retrains them)
+        self.sources = [self.cache.source(r.path) for r in self.records]
+        self.maps = None if skip_reason("conv", cfg) else MapReader(self.extractor, self.records, self.sources)
         self._windows: list[TrainingWindows] | None = None
         pretrained_head = self.backbone.pretrained_head
         self.fingerprints = stage_fingerprints(
-            cfg, self.proposal_store.fingerprint, backbone_id, dataset_fingerprint(dataset),
+            cfg, self.proposal_store.fingerprint, backbone_id, dataset_fingerprint(dataset, self.sources),
             None if pretrained_head is None else state_hash(pretrained_head))
         # built now so that a head that cannot be built fails before any stage runs
         self._head0 = None if head_layer(cfg.svm.feature_layer) is None else self._build_head()
@@ -156,6 +163,8 @@ class TrainingRun:
         self._say(f"== sppnet train {datetime.now(timezone.utc).isoformat(timespec='seconds')}: "
                   f"{len(self.dataset)} images of {self.dataset.root} ({self.dataset.split}), "
                   f"stages {','.join(stages)}", console=False)
+        stale_before = set(self.cache.stale)
+        self._check_space(stages)
         for stage in STAGES:
             reason = skip_reason(stage, self.config)
             if reason:
@@ -172,11 +181,27 @@ class TrainingRun:
                 self.stage_functions[stage]()
                 self.timings[stage] = time.perf_counter() - start
                 self._say(f"stage {stage}: done in {self.timings[stage]:.1f} s")
+        stale = len(self.cache.stale - stale_before)
+        if stale:
+            self._say(f"{stale} stale cache entries recomputed (computed from other image files than these)")
         detector = self._assemble()
         atomic_write_bytes(self.work_dir / "train_log.json", json.dumps(
             {"timings_s": self.timings, "images": len(self.dataset), "classes": list(self.dataset.classes),
              "fingerprints": self.fingerprints, "model_written": detector is not None}, indent=2).encode())
         return detector
+
+    def _check_space(self, stages: tuple[str, ...]) -> None:
+        """Fail before any work when the cache's disk cannot hold the per-image entries the requested
+        stages will write (proposals and conv maps; the other stages' outputs are small)."""
+        needed = 0
+        if "proposals" in stages:
+            needed += proposal_bytes(self.config.proposals) * sum(
+                not self.proposal_store.has(r.image_id, source) for r, source in zip(self.records, self.sources))
+        if "conv" in stages and self.maps is not None:
+            needed += sum(self.extractor.cache_bytes(self.records[i % len(self.records)].height,
+                                                     self.records[i % len(self.records)].width)
+                          for i in self._conv_indices() if not self.maps.cached(i))
+        self.cache.check_space(needed, f"sppnet train ({len(self.records)} images)")
 
     def _conv_indices(self) -> range:
         """MapReader indices the conv stage must cache: every image, and its flip when fine-tuning uses flips."""
@@ -185,7 +210,7 @@ class TrainingRun:
 
     def _up_to_date(self, stage: str) -> bool:
         if stage == "proposals":
-            return all(self.cache.has(PROPOSAL_STAGE, self.fingerprints["proposals"], r.image_id) for r in self.records)
+            return all(self.proposal_store.has(r.image_id, source) for r, source in zip(self.records, self.sources))
         if stage == "conv":
             return all(self.maps.cached(i) for i in self._conv_indices())
         return self.store.has(stage, self.fingerprints[stage])
@@ -213,7 +238,7 @@ class TrainingRun:
 
     def _maps(self, index: int) -> tuple[list[torch.Tensor], tuple[int, int]]:
         return self.maps(index) if self.maps is not None else self.extractor.maps(
-            self.records[index].image_id, lambda: load_image(self.records[index].path))
+            self.records[index].image_id, lambda: load_image(self.records[index].path), self.sources[index])
 
     def _features(self, index: int, boxes: np.ndarray, head: FCHead | None, layer: str, maps=None) -> np.ndarray:
         """(n, 4) windows of training image ``index`` -> (n, D) unscaled ``layer`` features."""
