@@ -50,31 +50,6 @@ def ran(lines):
     return [line.split(":")[0].removeprefix("stage ") for line in lines if line.endswith(": running")]
 
 
-def model_tensors(path):
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    flat = {}
-
-    def walk(prefix, value):
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}.{key}", item)
-        else:
-            flat[prefix] = value
-
-    walk("", state)
-    return flat
-
-
-def assert_same_model(path_a, path_b):
-    a, b = model_tensors(path_a), model_tensors(path_b)
-    assert a.keys() == b.keys()
-    for key in a:
-        if isinstance(a[key], torch.Tensor):
-            assert torch.equal(a[key], b[key]), key
-        else:
-            assert a[key] == b[key], key
-
-
 def test_parse_stages_orders_and_rejects_unknown():
     assert parse_stages("bbox,svm") == ("svm", "bbox")
     with pytest.raises(ValueError, match="unknown stage"):
