@@ -147,7 +147,8 @@ def test_a_bad_option_in_a_config_file_names_the_file_and_key(tmp_path, capsys):
     assert _config("train", "--data", "d", "--work-dir", "w", "--config", str(file),
                    "--max-proposals", "9").proposals.max_proposals == 9
     assert main(["train", "--data", "d", "--work-dir", str(tmp_path / "w"), "--config", str(tmp_path / "no.yaml")]) == 2
-    assert capsys.readouterr().err.startswith(f"sppnet train: error: {tmp_path / 'no.yaml'}: cannot read the config file")
+    err = capsys.readouterr().err
+    assert err.startswith(f"sppnet train: error: {tmp_path / 'no.yaml'}: cannot read the config file")
 
 
 @pytest.mark.slow

@@ -1,4 +1,8 @@
 """Selective search boxes, the proposal store and R-CNN's proposal files."""
+import os
+import signal
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.io
@@ -182,3 +186,21 @@ def test_load_rcnn_proposals_converts_one_based_yx_to_zero_based_xy(tmp_path):
     assert set(loaded) == {"000005", "000007"}
     np.testing.assert_array_equal(loaded["000005"], [[1, 0, 39, 29], [5, 4, 7, 6]])
     assert loaded["000007"].shape == (0, 4)
+
+
+def propose_or_crash(item, config):
+    """As the store's worker function, but the worker dies (as on a decoder segfault) on an image named crash*."""
+    if Path(item[1]).name.startswith("crash"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return store_module._proposals_for_file(item, config)
+
+
+def test_a_dead_worker_fails_its_images_and_the_store_goes_on(tmp_path, image_items, monkeypatch):
+    crash = write_png(tmp_path / "crash.png", scene(120, 90, seed=7))
+    monkeypatch.setattr(store_module, "_proposals_for_file", propose_or_crash)
+    store = ProposalStore(Cache(tmp_path / "cache"), CONFIG, workers=2)
+    found, failures = store.compute_all(image_items[:3] + [("crash", crash)], progress=False)
+    assert "crash" in failures and failures["crash"].startswith(f"{crash}: a worker process died")
+    # images in flight beside it may fail with it; each is either found or reported, and found ones are cached
+    assert set(found) | set(failures) == {"img0", "img1", "img2", "crash"}
+    assert all(store.cache.has("proposals", store.fingerprint, key) for key in found)

@@ -14,7 +14,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tools.common import add_config_arguments, add_runtime_arguments, config_from_args, device_from_args
+from tools.common import add_config_arguments, add_runtime_arguments, config_from_args, device_from_args, int_at_least
 
 DOC_HEADER = """# Measured results
 
@@ -23,14 +23,23 @@ and is replaced when the same data set is measured again. Text outside the marke
 """
 
 
+def _image_size(text: str) -> tuple[int, int]:
+    """'320x240' -> (320, 240)."""
+    try:
+        width, height = (int(v) for v in text.split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH such as 320x240, got {text!r}") from None
+    return width, height
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="sppnet-ablation", help="working directory (default: %(default)s)")
-    parser.add_argument("--num-images", type=int, default=40,
+    parser.add_argument("--num-images", type=int_at_least(1), default=40,
                         help="generated images per split (default: %(default)s, the demo set; more makes a larger set)")
-    parser.add_argument("--seed", type=int, default=0, help="demo data seed (default: %(default)s)")
-    parser.add_argument("--image-size", type=lambda t: tuple(int(v) for v in t.split("x")), default=(320, 240),
+    parser.add_argument("--seed", type=int_at_least(0), default=0, help="demo data seed (default: %(default)s)")
+    parser.add_argument("--image-size", type=_image_size, default=(320, 240),
                         metavar="WxH", help="generated image size (default: 320x240)")
-    parser.add_argument("--five-scale-images", type=int, default=None, metavar="N",
+    parser.add_argument("--five-scale-images", type=int_at_least(1), default=None, metavar="N",
                         help="use only the first N images of each split in the 5-scale column (CPU budget)")
     parser.add_argument("--columns", choices=("1", "5", "1,5"), default="1,5", help="scale columns to run")
     parser.add_argument("--doc", default="docs/results.md", help="Markdown file to write into (default: %(default)s)")

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pass-fraction", type=float, default=PASS_FRACTION,
                         help="untrained detector: fraction of (window, class) pairs its random SVMs pass into NMS "
                              "(default: %(default)s, as SVMs trained with the recipe do)")
-    parser.add_argument("--warmup", type=int_at_least(0), default=1, help="untimed detections per mode first (default: %(default)s)")
+    parser.add_argument("--warmup", type=int_at_least(0), default=1,
+                        help="untimed detections per mode first (default: %(default)s)")
     add_device_argument(parser)
     parser.add_argument("--threads", type=int_at_least(1), default=None,
                         help="CPU threads for torch (default: torch's, one per core); on a CPU shared with other "

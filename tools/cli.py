@@ -11,14 +11,15 @@ import sys
 from importlib import metadata
 
 from detection.core.errors import SppnetError
-from tools import ablation, benchmark, demo, detect_net, eval_net, test_net, train_net
+from tools import ablation, benchmark, demo, detect_net, eval_net, filter_net, test_net, train_net
 
 COMMANDS = {
     "demo": (demo, "generate a small dataset, train, test and print the AP table (offline, CPU)"),
     "train": (train_net, "train an SPP-net detector on a VOC-format split"),
     "test": (test_net, "detect on a VOC-format split and report per-class AP and mAP"),
     "eval": (eval_net, "evaluate devkit result files on a VOC-format split"),
-    "detect": (detect_net, "detect objects in image files or folders"),
+    "detect": (detect_net, "detect objects in image or video files or folders"),
+    "filter": (filter_net, "filter a finished `detect` run again (threshold, classes, top-k) without recomputing it"),
     "ablation": (ablation, "the paper's Table 9 (feature layers × 1/5 scales) on the demo set -> docs/results.md"),
     "benchmark": (benchmark, "time SPP-net (1 and 5 scales) against R-CNN on the same images and proposals"),
 }

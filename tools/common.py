@@ -100,6 +100,7 @@ class ConfigFlag:
     help: str
     type: Callable[[str], Any] | None = None
     const: Any = None
+    metavar: str | None = None
 
     @property
     def dest(self) -> str:
@@ -112,7 +113,7 @@ MODEL_FLAGS = (
     ConfigFlag("--backbone", "features.backbone", "the conv layers; efficientnet_lite0 has offline ImageNet weights"),
     ConfigFlag("--backbone-weights", "features.backbone_weights",
                "a local state-dict file for the backbone (torchvision key names for alexnet/vgg16); "
-               "none: the backbone's own weights"),
+               "none: the backbone's own weights", metavar="PATH"),
     ConfigFlag("--scales", "features.scales",
                "1 (688), 5 (480,576,688,864,1200) or a comma list of shorter image sides", type=parse_scales),
     ConfigFlag("--scale-rule", "features.scale_rule",
@@ -140,7 +141,8 @@ MODEL_FLAGS = (
     ConfigFlag("--finetune-checkpoint-every", "finetune.checkpoint_every",
                "iterations between fine-tuning checkpoints, from which an interrupted run resumes"),
     ConfigFlag("--svm-c", "svm.C", "the SVMs' regularisation constant C (liblinear -c; R-CNN's 0.001)"),
-    ConfigFlag("--bbox-lambda", "bbox.ridge_lambda", "box regression's ridge lambda (R-CNN 1000, official SPP code 4000)"),
+    ConfigFlag("--bbox-lambda", "bbox.ridge_lambda",
+               "box regression's ridge lambda (R-CNN 1000, official SPP code 4000)"),
     ConfigFlag("--bbox-min-overlap", "bbox.min_overlap",
                "box regression trains on windows of IoU above this with a ground-truth box "
                "(R-CNN 0.6, official SPP code 0.5)"),
@@ -186,7 +188,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, preset: str | None = N
             continue
         annotation = option_type(option.key)
         choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
-        group.add_argument(option.flag, dest=option.dest, default=None, choices=choices,
+        group.add_argument(option.flag, dest=option.dest, default=None, choices=choices, metavar=option.metavar,
                            type=option.type or _reader(annotation),
                            help=f"{option.help} (default: {_default_text(value)})")
 
@@ -226,9 +228,10 @@ def model_overrides(args: argparse.Namespace) -> dict[str, str]:
 
 
 def add_test_time_set_argument(parser: argparse.ArgumentParser) -> None:
-    add_set_argument(parser, f"change the model's test-time options ({', '.join(s + '.*' for s in TEST_TIME_SECTIONS)}) "
-                             "by dotted name, e.g. --set test.nms_iou=0.4 test.max_per_image=20; it takes every "
-                             "word up to the next option, so give it after the inputs")
+    sections = ", ".join(s + ".*" for s in TEST_TIME_SECTIONS)
+    add_set_argument(parser, f"change the model's test-time options ({sections}) by dotted name, e.g. "
+                             "--set test.nms_iou=0.4 test.max_per_image=20; it takes every word up to the next "
+                             "option, so give it after the inputs")
 
 
 def parse_assignments(texts: list[str]) -> dict[str, str]:

@@ -5,13 +5,22 @@ import argparse
 import time
 from pathlib import Path
 
-from tools.common import add_config_arguments, add_runtime_arguments, config_from_args, device_from_args, save_config
+from tools.common import (
+    add_config_arguments,
+    add_runtime_arguments,
+    config_from_args,
+    device_from_args,
+    int_at_least,
+    save_config,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="sppnet-demo", help="working directory (default: %(default)s)")
-    parser.add_argument("--num-images", type=int, default=40, help="images per split (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated images (default: %(default)s)")
+    parser.add_argument("--num-images", type=int_at_least(1), default=40,
+                        help="images per split (default: %(default)s)")
+    parser.add_argument("--seed", type=int_at_least(0), default=0,
+                        help="seed of the generated images (default: %(default)s)")
     # the demo preset: a narrower head fine-tuned for fewer iterations, so the demo stays minutes on a CPU
     add_config_arguments(parser, preset="demo")
     add_runtime_arguments(parser)

@@ -46,9 +46,11 @@ class FolderDetection:
     ``shard=(i, n)`` takes shard i of n of the sorted inputs; under torchrun (RANK/WORLD_SIZE set)
     the rank and world size pick the shard and ``device="cuda"`` means the rank's local GPU.
     ``score_thresh``, ``topk`` and ``classes`` (names) filter the detections; ``min_side``
-    defaults to :data:`MIN_SIDE_STRIDES` conv strides; ``overrides`` change the model's test-time
-    options (``{"test.nms_iou": 0.4}``, see :meth:`Detector.load`). Errors in the inputs, the model or
-    ``out`` (made with other settings) are raised here, before any image is read.
+    defaults to :data:`MIN_SIDE_STRIDES` conv strides; of a video, every ``video_stride``-th frame
+    is taken; ``overrides`` change the model's test-time options (``{"test.nms_iou": 0.4}``, see
+    :meth:`Detector.load`). Errors in the inputs, the model or ``out`` (made with other settings,
+    in use by another process) are raised here, before any image is read. The lock on ``out`` is
+    held until :meth:`close` (or the end of a ``with`` block).
     """
 
     def __init__(self, model: str | os.PathLike, inputs: Sequence[str], out: str | os.PathLike, *,
@@ -56,33 +58,51 @@ class FolderDetection:
                  topk: int | None = None, classes: Sequence[str] | None = None, save_vis: bool = False,
                  max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None,
                  shard: tuple[int, int] | None = None, device: str | None = "auto", workers: int = 1,
-                 progress: bool = True, overrides: Mapping[str, Any] | None = None):
+                 video_stride: int = 1, progress: bool = True, overrides: Mapping[str, Any] | None = None):
         self.rank, self.world, local_rank = distributed_env()
         if self.world > 1 and shard is not None:
             raise BatchError("--shard cannot be combined with torchrun's RANK/WORLD_SIZE: use one or the other")
         self.index, self.count = shard or (self.rank, self.world)
         if not inputs and list_file is None:
-            raise BatchError("no inputs: give image files, directories, glob patterns or --list FILE")
+            raise BatchError("no inputs: give image or video files, directories, glob patterns or --list FILE")
+        if video_stride < 1:
+            raise BatchError(f"--video-stride: must be at least 1, got {video_stride}")
         self.detector = Detector.load(model, device=_device(device, self.world, local_rank), overrides=overrides)
         if self.detector.device.type == "cpu":
             share_cores(workers)
         self.keep = DetectionFilter(score_thresh, topk, class_indices(classes, self.detector.classes) if classes else None)
         self.paths = find_images(inputs, list_file)
         if not self.paths:
-            raise BatchError(f"no image files found in {' '.join(map(str, inputs)) or list_file}")
+            raise BatchError(f"no image or video files found in {' '.join(map(str, inputs)) or list_file}")
         self.out = OutputDir(Path(out), self.index, self.count)
         self.out.root.mkdir(parents=True, exist_ok=True)
         settings = {"model_sha1": file_sha1(model), "score_thresh": score_thresh, "topk": topk,
                     "classes": list(classes) if classes else None}
         if overrides:  # only when given, so directories made before overrides existed still match
             settings["set"] = dict(overrides)
-        self.out.check_settings(settings)
+        self._lock = self.out.lock()
+        try:
+            self.out.check_settings(settings, self.detector.classes)
+        except BaseException:
+            self.close()
+            raise
         self.out.done_marker.unlink(missing_ok=True)  # this shard is not done until it says so again
         self.options = ReadOptions(self.detector.config.proposals, max_pixels=max_pixels,
                                    min_side=min_side or MIN_SIDE_STRIDES * self.detector.backbone.stride)
         self.workers = workers
+        self.video_stride = video_stride
         self.vis_root = common_root(self.paths) if save_vis else None
         self.progress = progress
+
+    def close(self) -> None:
+        """Release the lock on ``out``."""
+        self._lock.close()
+
+    def __enter__(self) -> FolderDetection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def label(self) -> str:
@@ -91,7 +111,8 @@ class FolderDetection:
     def detect(self) -> BatchSummary:
         """Detect in this process's shard of the inputs (skipping those done by an earlier run)."""
         return detect_files(self.detector, shard(self.paths, self.index, self.count), self.out, self.options,
-                            self.keep, workers=self.workers, vis_root=self.vis_root, progress=self.progress)
+                            self.keep, workers=self.workers, vis_root=self.vis_root, progress=self.progress,
+                            video_stride=self.video_stride)
 
     def finish(self, summary: BatchSummary) -> Merged | None:
         """Merge every shard's outputs if it falls to this process; None when another one merges.
@@ -122,9 +143,9 @@ class FolderDetection:
 def detect_folder(model: str | os.PathLike, inputs: Sequence[str], out: str | os.PathLike,
                   **options) -> tuple[BatchSummary, Merged | None]:
     """Run :class:`FolderDetection` (same arguments) to the end: this process's summary and the merge, if its own."""
-    job = FolderDetection(model, inputs, out, **options)
-    summary = job.detect()
-    return summary, job.finish(summary)
+    with FolderDetection(model, inputs, out, **options) as job:
+        summary = job.detect()
+        return summary, job.finish(summary)
 
 
 def _device(requested: str | None, world: int, local_rank: int) -> torch.device:
