@@ -2,6 +2,8 @@
 
 Each case as the library raises or reports it, and as the command line shows it (docs/bad-inputs.md).
 """
+import functools
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,19 +16,10 @@ from tools.cli import main
 SIZE = (60, 40)
 
 
-def write_voc(root, objects_by_image, split="trainval", size=SIZE, image_sizes=None):
-    """VOC layout; objects are (name, (xmin, ymin, xmax, ymax)) 1-based; ``image_sizes`` overrides the JPEGs' sizes."""
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for image_id, objects in objects_by_image.items():
-        Image.new("RGB", (image_sizes or {}).get(image_id, size)).save(root / "JPEGImages" / f"{image_id}.jpg")
-        objs = "".join(
-            f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
-            f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, b in objects)
-        (root / "Annotations" / f"{image_id}.xml").write_text(
-            f"<annotation><size><width>{size[0]}</width><height>{size[1]}</height></size>{objs}</annotation>")
-    (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in objects_by_image))
-    return root
+@pytest.fixture
+def write_voc(write_voc):
+    """The shared writer (conftest.py), for this file's 60x40 sets of split ``trainval``."""
+    return functools.partial(write_voc, split="trainval", size=SIZE)
 
 
 def one_line_error(capsys, *names):
@@ -39,7 +32,7 @@ def one_line_error(capsys, *names):
 
 # ---------------------------------------------------------------- class names
 
-def test_a_stray_name_in_voc_data_is_an_error_naming_file_and_name(tmp_path, capsys):
+def test_a_stray_name_in_voc_data_is_an_error_naming_file_and_name(tmp_path, write_voc, capsys):
     write_voc(tmp_path, {"a": [("dog", (1, 1, 9, 9))], "b": [("dinosaur", (1, 1, 9, 9)), ("cat", (2, 2, 9, 9))]})
     with pytest.raises(DatasetError, match=r"b\.xml: class 'dinosaur' is not one of the 20 VOC classes.*"
                                            r"--classes cat,dinosaur,dog"):
@@ -52,7 +45,7 @@ def test_a_stray_name_in_voc_data_is_an_error_naming_file_and_name(tmp_path, cap
     one_line_error(capsys, "b.xml", "dinosaur")
 
 
-def test_a_misspelt_class_is_an_error_with_or_without_a_class_list(tmp_path, capsys):
+def test_a_misspelt_class_is_an_error_with_or_without_a_class_list(tmp_path, write_voc, capsys):
     write_voc(tmp_path, {"a": [("cross", (1, 1, 9, 9))], "b": [("cross", (1, 1, 9, 9))],
                          "c": [("Cross ", (1, 1, 9, 9))]})
     with pytest.raises(DatasetError, match=r"c\.xml: class 'Cross' is spelt differently from the class 'cross'"):
@@ -68,7 +61,7 @@ def test_a_misspelt_class_is_an_error_with_or_without_a_class_list(tmp_path, cap
 
 # ---------------------------------------------------------------- boxes
 
-def test_boxes_partly_outside_are_clipped_and_counted(tmp_path, capsys):
+def test_boxes_partly_outside_are_clipped_and_counted(tmp_path, write_voc, capsys):
     # 1-based: xmin 0 is off-spec (one column left of the image), xmax 70 is 10 columns right of 60
     write_voc(tmp_path, {"a": [("dog", (0, 5, 30, 39)), ("dog", (50, 30, 70, 45)), ("dog", (2, 2, 9, 9))]})
     dataset = VOCDataset(tmp_path, "trainval")
@@ -79,7 +72,7 @@ def test_boxes_partly_outside_are_clipped_and_counted(tmp_path, capsys):
     assert "2 clipped to their image" in capsys.readouterr().out  # the summary line comes before the error
 
 
-def test_empty_inverted_and_outside_boxes_are_skipped_with_a_warning(tmp_path, capsys):
+def test_empty_inverted_and_outside_boxes_are_skipped_with_a_warning(tmp_path, write_voc, capsys):
     write_voc(tmp_path, {"a": [("dog", (5, 5, 20, 20)), ("cat", (30, 5, 10, 20)), ("dog", (61, 1, 80, 20)),
                                ("dog", (-20, 1, 0, 9))]})
     dataset = VOCDataset(tmp_path, "trainval")
@@ -102,15 +95,15 @@ def test_empty_inverted_and_outside_boxes_are_skipped_with_a_warning(tmp_path, c
     assert len(warnings) == 3 and all(line.startswith("warning: ") and "a.xml: object" in line for line in warnings)
 
 
-def test_a_non_finite_coordinate_is_a_malformed_annotation(tmp_path):
-    write_voc(tmp_path, {"a": [("dog", (1, 1, "nan", 9))]})
+def test_a_non_finite_coordinate_is_a_malformed_annotation(tmp_path, write_voc):
+    write_voc(tmp_path, {"a": [("dog", (1, 1, float("nan"), 9))]})
     with pytest.raises(DatasetError, match=r"a\.xml: malformed annotation"):
         VOCDataset(tmp_path, "trainval")
 
 
 # ---------------------------------------------------------------- image sizes
 
-def test_the_image_size_must_be_the_annotations(tmp_path, capsys):
+def test_the_image_size_must_be_the_annotations(tmp_path, write_voc, capsys):
     write_voc(tmp_path, {"a": [], "b": []}, image_sizes={"b": (120, 80)})  # b resized after labelling
     with pytest.raises(DatasetError, match=r"b\.xml: the annotation is for a 60x40 image, but .*b\.jpg is 120x80"):
         VOCDataset(tmp_path, "trainval")
@@ -121,7 +114,7 @@ def test_the_image_size_must_be_the_annotations(tmp_path, capsys):
     assert len(VOCDataset(tmp_path, "trainval")) == 2
 
 
-def test_the_size_is_the_upright_size_load_image_decodes(tmp_path):
+def test_the_size_is_the_upright_size_load_image_decodes(tmp_path, write_voc):
     write_voc(tmp_path, {"a": []}, size=(10, 20))
     exif = Image.Exif()
     exif[0x0112] = 6  # stored 20 wide and 10 high, shown turned by 90°
@@ -152,7 +145,7 @@ def exif_after_pixels(png: bytes) -> bytes:
 
 # ---------------------------------------------------------------- splits
 
-def test_a_malformed_annotation_outside_the_split_does_not_block(tmp_path):
+def test_a_malformed_annotation_outside_the_split_does_not_block(tmp_path, write_voc):
     write_voc(tmp_path, {"a": [("zebra", (1, 1, 9, 9))], "b": [("apple", (1, 1, 9, 9))]})
     (tmp_path / "Annotations" / "c.xml").write_text("<annotation><size>")  # an image of no split read here
     (tmp_path / "Annotations" / "d.xml").write_text(  # nor this one, with a name outside the classes
@@ -165,7 +158,7 @@ def test_a_malformed_annotation_outside_the_split_does_not_block(tmp_path):
         VOCDataset(tmp_path, "all")
 
 
-def test_an_empty_split_is_an_error_when_the_data_set_is_made(tmp_path, capsys):
+def test_an_empty_split_is_an_error_when_the_data_set_is_made(tmp_path, write_voc, capsys):
     write_voc(tmp_path, {"a": [("dog", (1, 1, 9, 9))]})
     (tmp_path / "ImageSets" / "Main" / "test.txt").write_text("\n")
     with pytest.raises(DatasetError, match=r"test\.txt: split 'test' has no images"):
@@ -175,7 +168,7 @@ def test_an_empty_split_is_an_error_when_the_data_set_is_made(tmp_path, capsys):
     assert not (tmp_path / "w").exists()  # nothing started
 
 
-def test_an_image_listed_twice_in_a_split_is_an_error(tmp_path):
+def test_an_image_listed_twice_in_a_split_is_an_error(tmp_path, write_voc):
     write_voc(tmp_path, {"a": [("dog", (1, 1, 9, 9))], "b": []})
     (tmp_path / "ImageSets" / "Main" / "trainval.txt").write_text("a\nb\na\n")
     with pytest.raises(DatasetError, match=r"trainval\.txt: image 'a' is listed more than once"):

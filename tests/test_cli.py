@@ -167,17 +167,12 @@ def test_train_writes_the_resolved_config_which_config_reads_back(tmp_path):
 
 
 @pytest.mark.slow
-def test_detect_set_changes_the_models_test_options_and_is_part_of_the_run(tmp_path, capsys):
+def test_detect_set_changes_the_models_test_options_and_is_part_of_the_run(tmp_path, untrained_model, capsys):
     from detection.data.demo import make_demo_dataset
-    from detection.detector import Detector
 
     voc = make_demo_dataset(tmp_path / "data", num_trainval=1, num_test=1, seed=3, image_size=(160, 120))
-    model = tmp_path / "model.pt"
-    config = SPPConfig().replace(features={"backbone": "zf5", "pyramid_levels": (1, 2), "scales": (120,)},
-                                 proposals={"resize_width": 160, "max_proposals": 50})
-    Detector.untrained(config, ("a", "b"), "cpu").save(model)  # random SVMs: most windows pass
     image, out = str(voc / "JPEGImages" / "000001.jpg"), tmp_path / "out"
-    common = ["--model", str(model), "--out", str(out), "--device", "cpu", "--workers", "0", "--quiet"]
+    common = ["--model", str(untrained_model), "--out", str(out), "--device", "cpu", "--workers", "0", "--quiet"]
     assert main(["detect", image, *common, "--set", "test.max_per_image=3"]) == 0
     record = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
     assert len(record["detections"]) == 3

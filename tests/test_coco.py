@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from detection.evaluation.coco_eval import coco_evaluate, format_coco_table
 from detection.data.coco import COCODataset, detections_to_coco, read_coco_detections, voc_to_coco
@@ -20,27 +19,20 @@ from tools.cli import main
 
 CLASSES = ("cat", "dog")
 
-# image id -> [(class, xmin, ymin, xmax, ymax (1-based, as in the XML), difficult)]
+# image id -> [(class, (xmin, ymin, xmax, ymax) (1-based, as in the XML), difficult)]
 OBJECTS = {
-    "000001": [("cat", 11, 21, 60, 90, 0), ("dog", 101, 11, 200, 150, 0)],
-    "000002": [("dog", 5, 5, 24, 30, 0), ("cat", 150, 100, 300, 230, 0), ("cat", 40, 40, 70, 70, 1)],
-    "000003": [("cat", 30, 30, 130, 120, 0)],
+    "000001": [("cat", (11, 21, 60, 90), 0), ("dog", (101, 11, 200, 150), 0)],
+    "000002": [("dog", (5, 5, 24, 30), 0), ("cat", (150, 100, 300, 230), 0), ("cat", (40, 40, 70, 70), 1)],
+    "000003": [("cat", (30, 30, 130, 120), 0)],
 }
 
 
-def write_voc(root, objects=OBJECTS, size=(320, 240)):
-    """A VOC-format set, split ``test``, with the given objects and blank images."""
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for image_id, objs in objects.items():
-        xml = "".join(f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x1}</xmin>"
-                      f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
-                      for name, x1, y1, x2, y2, difficult in objs)
-        (root / "Annotations" / f"{image_id}.xml").write_text(
-            f"<annotation><size><width>{size[0]}</width><height>{size[1]}</height></size>{xml}</annotation>")
-        Image.new("RGB", size).save(root / "JPEGImages" / f"{image_id}.jpg")
-    (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(objects) + "\n")
-    return VOCDataset(root, "test", classes=CLASSES)
+@pytest.fixture
+def write_voc(write_voc):
+    """The shared writer (conftest.py) for this file's 320x240 sets of split ``test``; returns the data set."""
+    def write(root, objects=OBJECTS):
+        return VOCDataset(write_voc(root, objects, size=(320, 240)), "test", classes=CLASSES)
+    return write
 
 
 def ground_truth_detections(dataset, with_difficult=False) -> dict[str, Detections]:
@@ -81,7 +73,7 @@ def test_detections_file_loads_in_pycocotools_and_loadres():
         detections_to_coco(images, [dets[0], Detections(np.zeros((1, 4)), np.ones(1), np.array([5]))], CLASSES)
 
 
-def test_voc_ground_truth_becomes_coco_with_difficult_as_crowd(tmp_path):
+def test_voc_ground_truth_becomes_coco_with_difficult_as_crowd(tmp_path, write_voc):
     gt = voc_to_coco(write_voc(tmp_path))
     assert [image["id"] for image in gt["images"]] == [1, 2, 3]
     assert gt["images"][0] == {"id": 1, "file_name": "000001.jpg", "width": 320, "height": 240}
@@ -91,7 +83,7 @@ def test_voc_ground_truth_becomes_coco_with_difficult_as_crowd(tmp_path):
     assert [a["iscrowd"] for a in gt["annotations"]] == [0, 0, 0, 0, 1, 0]
 
 
-def test_detections_equal_to_the_ground_truth_score_ap_one(tmp_path):
+def test_detections_equal_to_the_ground_truth_score_ap_one(tmp_path, write_voc):
     dataset = write_voc(tmp_path)
     result = coco_evaluate(dataset, by_class(ground_truth_detections(dataset), 2))
     for name in ("AP", "AP50", "AP75", "mAP"):
@@ -108,15 +100,15 @@ def test_detections_equal_to_the_ground_truth_score_ap_one(tmp_path):
                                 ClassDetections.empty()])
 
 
-def test_a_shifted_box_lowers_ap75_before_ap50(tmp_path):
-    dataset = write_voc(tmp_path, {"000001": [("cat", 1, 1, 100, 100, 0)]})
+def test_a_shifted_box_lowers_ap75_before_ap50(tmp_path, write_voc):
+    dataset = write_voc(tmp_path, {"000001": [("cat", (1, 1, 100, 100), 0)]})
     shifted = {"000001": Detections(np.array([[15.0, 0, 114, 99]]), np.array([1.0]), np.array([0]))}  # IoU 0.74
     result = coco_evaluate(dataset, by_class(shifted, 2))
     assert result["AP50"] == pytest.approx(1.0) and result["AP75"] == 0.0
     assert result["ap"]["dog"] is None and result["AP_small"] is None  # nothing to measure them on
 
 
-def test_eval_command_coco_metric_plots_and_coco_input(tmp_path, capsys):
+def test_eval_command_coco_metric_plots_and_coco_input(tmp_path, write_voc, capsys):
     dataset = write_voc(tmp_path / "voc")
     detections = ground_truth_detections(dataset)
     write_devkit_results(tmp_path / "results", "test", CLASSES, detections)
@@ -145,20 +137,20 @@ def test_eval_command_coco_metric_plots_and_coco_input(tmp_path, capsys):
 # objects of 320x240 images whose boxes need the checks: one partly outside (clipped), one wholly outside
 # (skipped), one of zero width in COCO terms (skipped)
 EDGE_OBJECTS = {
-    "000004": [("dog", 300, 200, 340, 250, 0), ("cat", 5, 5, 40, 40, 0)],
-    "000005": [("cat", 330, 10, 350, 20, 0), ("dog", 10, 10, 9, 30, 0)],
+    "000004": [("dog", (300, 200, 340, 250), 0), ("cat", (5, 5, 40, 40), 0)],
+    "000005": [("cat", (330, 10, 350, 20), 0), ("dog", (10, 10, 9, 30), 0)],
 }
 
 
 def write_coco(path, objects, size=(320, 240), categories=((1, "cat"), (2, "dog"))):
-    """A COCO annotation file for the images of :func:`write_voc`, written from the objects' VOC
+    """A COCO annotation file for the images of the ``write_voc`` fixture, written from the objects' VOC
     coordinates on its own: x = xmin - 1, w = xmax - xmin + 1; difficult -> iscrowd. Image ids
     start at 101 and annotation ids at 1001, so that nothing relies on them being indices."""
     ids = {name: i for i, name in categories}
     images, annotations = [], []
     for number, (image_id, objs) in enumerate(objects.items()):
         images.append({"id": 101 + number, "file_name": f"{image_id}.jpg", "width": size[0], "height": size[1]})
-        for name, x1, y1, x2, y2, difficult in objs:
+        for name, (x1, y1, x2, y2), difficult in objs:
             annotations.append({"id": 1001 + len(annotations), "image_id": 101 + number, "category_id": ids[name],
                                 "bbox": [x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1],
                                 "area": (x2 - x1 + 1) * (y2 - y1 + 1), "iscrowd": difficult})
@@ -178,7 +170,7 @@ def assert_same_records(a, b):
             assert getattr(ra, field).dtype == getattr(rb, field).dtype, field
 
 
-def test_the_same_boxes_as_voc_and_as_coco_give_identical_records(tmp_path):
+def test_the_same_boxes_as_voc_and_as_coco_give_identical_records(tmp_path, write_voc):
     objects = {**OBJECTS, **EDGE_OBJECTS}
     voc = write_voc(tmp_path, objects)
     coco = load_dataset(write_coco(tmp_path / "test.json", objects), images=tmp_path / "JPEGImages")
@@ -201,15 +193,15 @@ def test_generated_demo_images_as_voc_and_as_coco_give_identical_records(tmp_pat
         objects = {}
         for record in voc:
             xml = ET.parse(root / "Annotations" / f"{record.image_id}.xml").getroot()
-            objects[record.image_id] = [(o.findtext("name"), *(int(o.find("bndbox").findtext(k)) for k in
-                                                               ("xmin", "ymin", "xmax", "ymax")),
+            objects[record.image_id] = [(o.findtext("name"), tuple(int(o.find("bndbox").findtext(k)) for k in
+                                                                   ("xmin", "ymin", "xmax", "ymax")),
                                          int(o.findtext("difficult"))) for o in xml.iter("object")]
         coco_file = write_coco(tmp_path / f"{split}.json", objects, size=(160, 120),
                                categories=tuple((7 + 3 * k, name) for k, name in enumerate(DEMO_CLASSES)))
         assert_same_records(voc, COCODataset(coco_file, root / "JPEGImages"))
 
 
-def test_category_ids_in_increasing_order_are_the_class_indices_and_crowds_are_difficult(tmp_path):
+def test_category_ids_in_increasing_order_are_the_class_indices_and_crowds_are_difficult(tmp_path, write_voc):
     write_voc(tmp_path, OBJECTS)
     coco = COCODataset(write_coco(tmp_path / "a.json", OBJECTS, categories=((9, "dog"), (4, "cat"))),
                        tmp_path / "JPEGImages")
@@ -237,7 +229,7 @@ def test_category_ids_in_increasing_order_are_the_class_indices_and_crowds_are_d
     (lambda d: d.update(images=[], annotations=[]), r"split 'a' has no images"),
     (lambda d: d.pop("images"), r"not a COCO annotation file"),
 ])
-def test_coco_errors_name_the_file_and_the_entry(tmp_path, change, message):
+def test_coco_errors_name_the_file_and_the_entry(tmp_path, write_voc, change, message):
     write_voc(tmp_path, OBJECTS)
     data = json.loads(write_coco(tmp_path / "a.json", OBJECTS).read_text())
     change(data)
@@ -247,7 +239,7 @@ def test_coco_errors_name_the_file_and_the_entry(tmp_path, change, message):
     assert str(err.value).startswith(str(tmp_path / "a.json")) and "\n" not in str(err.value)
 
 
-def test_coco_data_on_the_command_line_needs_its_image_folder(tmp_path, capsys):
+def test_coco_data_on_the_command_line_needs_its_image_folder(tmp_path, write_voc, capsys):
     write_voc(tmp_path, OBJECTS)
     write_coco(tmp_path / "a.json", OBJECTS)
     assert main(["eval", "--data", str(tmp_path / "a.json"), "--results", str(tmp_path)]) == 2
@@ -260,7 +252,7 @@ def test_coco_data_on_the_command_line_needs_its_image_folder(tmp_path, capsys):
     assert "broken.json: not a JSON file" in capsys.readouterr().err
 
 
-def test_eval_against_coco_ground_truth_is_pycocotools_on_the_file(tmp_path):
+def test_eval_against_coco_ground_truth_is_pycocotools_on_the_file(tmp_path, write_voc):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -324,7 +316,7 @@ def test_training_and_testing_on_voc_or_coco_gives_the_same_map(tmp_path):
     assert metrics["voc"] == metrics["coco"] and metrics["voc"]["mAP"] > 0
 
 
-def test_a_coco_detections_file_with_other_categories_is_a_one_line_error(tmp_path, capsys):
+def test_a_coco_detections_file_with_other_categories_is_a_one_line_error(tmp_path, write_voc, capsys):
     dataset = write_voc(tmp_path / "voc")
     images = [{"id": 1, "file_name": "000001.jpg", "width": 320, "height": 240}]
     coco = detections_to_coco(images, [Detections(np.zeros((1, 4)), np.ones(1), np.array([0]))], ("dinosaur",))

@@ -155,24 +155,16 @@ def test_fine_tuning_fingerprints_ignore_checkpoints_and_keep_their_old_values()
     assert FinetuneConfig(base_lr=1e-4).weight_settings() != FinetuneConfig().weight_settings()
 
 
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    config = SPPConfig().replace(features={"backbone": "zf5", "pyramid_levels": (1, 2)})
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    Detector.untrained(config, ("a", "b"), "cpu").save(path)
-    return path
-
-
-def test_load_takes_test_time_overrides_and_refuses_others(model_path):
-    detector = Detector.load(model_path, overrides={"test.nms_iou": "0.4", "proposals.max_proposals": 50})
+def test_load_takes_test_time_overrides_and_refuses_others(untrained_model):
+    detector = Detector.load(untrained_model, overrides={"test.nms_iou": "0.4", "proposals.max_proposals": 50})
     assert detector.config.test.nms_iou == 0.4 and detector.config.proposals.max_proposals == 50
     assert detector.config.features.pyramid_levels == (1, 2)
     with pytest.raises(ConfigError, match="svm.C: cannot change after training"):
-        Detector.load(model_path, overrides={"svm.C": 1.0})
+        Detector.load(untrained_model, overrides={"svm.C": 1.0})
 
 
-def test_a_model_with_an_unknown_config_key_names_the_file_and_key(model_path, tmp_path):
-    state = torch.load(model_path, weights_only=True)
+def test_a_model_with_an_unknown_config_key_names_the_file_and_key(untrained_model, tmp_path):
+    state = torch.load(untrained_model, weights_only=True)
     state["config"]["test"]["soft_nms"] = True
     path = tmp_path / "other-version.pt"
     torch.save(state, path)

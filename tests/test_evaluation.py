@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from detection.evaluation.voc_eval import (
     ELEVEN_POINTS,
@@ -283,28 +282,12 @@ def test_evaluate_class_rejects_bad_arguments():
 
 # ---------------------------------------------------------------- a tiny VOC dataset
 
-def write_tiny_voc(root, objects_by_image, split="test"):
-    """VOC layout with 1-based boxes; objects are (name, difficult, (xmin, ymin, xmax, ymax))."""
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for image_id, objects in objects_by_image.items():
-        Image.new("RGB", (64, 48)).save(root / "JPEGImages" / f"{image_id}.jpg")
-        objs = "".join(
-            f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{b[0]}</xmin>"
-            f"<ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
-            for name, difficult, b in objects)
-        (root / "Annotations" / f"{image_id}.xml").write_text(
-            f"<annotation><size><width>64</width><height>48</height><depth>3</depth></size>{objs}</annotation>")
-    (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(objects_by_image) + "\n")
-    return root
-
-
 @pytest.fixture
-def tiny(tmp_path):
+def tiny(tmp_path, write_voc):
     """apple: one box (found); pear: one positive (found after a miss) and one difficult box."""
-    root = write_tiny_voc(tmp_path / "VOC2007", {
-        "000001": [("apple", 0, (11, 11, 30, 30)), ("pear", 1, (40, 5, 60, 40))],
-        "000002": [("pear", 0, (6, 6, 25, 25))],
+    root = write_voc(tmp_path / "VOC2007", {
+        "000001": [("apple", (11, 11, 30, 30)), ("pear", (40, 5, 60, 40), 1)],
+        "000002": [("pear", (6, 6, 25, 25))],
         "000003": [],
     })
     dataset = VOCDataset(root, "test")
@@ -414,7 +397,7 @@ def test_devkit_errors_name_file_and_line(tmp_path):
 
 # ---------------------------------------------------------------- result files against the devkit port
 
-def random_voc_and_results(root, rng, classes=("apple", "pear"), num_images=10):
+def random_voc_and_results(write_voc, root, rng, classes=("apple", "pear"), num_images=10):
     """A VOC split of random boxes inside 64x48 images, and devkit result files for it: jittered GT
     copies and clutter, scores on a coarse grid (many ties), coordinates with one decimal, and the
     lines of each file in a random order. Returns the objects by image as the XML holds them."""
@@ -423,14 +406,15 @@ def random_voc_and_results(root, rng, classes=("apple", "pear"), num_images=10):
         boxes = []
         for _ in range(rng.integers(0, 4)):
             x1, y1 = rng.integers(1, 40), rng.integers(1, 30)
-            boxes.append((str(rng.choice(classes)), int(rng.random() < 0.2),
-                          (int(x1), int(y1), int(x1 + rng.integers(3, 24)), int(y1 + rng.integers(3, 18)))))
+            difficult = int(rng.random() < 0.2)
+            boxes.append((str(rng.choice(classes)),
+                          (int(x1), int(y1), int(x1 + rng.integers(3, 24)), int(y1 + rng.integers(3, 18))), difficult))
         objects[f"im{i:02d}"] = boxes
-    write_tiny_voc(root, objects)
+    write_voc(root, objects)
     for cls in classes:
         lines = []
         for image_id, objs in objects.items():
-            for name, _, box in objs:
+            for name, box, _ in objs:
                 for _ in range(rng.integers(0, 3) if name == cls else rng.integers(0, 2)):
                     jittered = np.array(box) + np.round(rng.normal(0, 1.5, 4), 1)
                     lines.append((image_id, jittered))
@@ -445,15 +429,16 @@ def random_voc_and_results(root, rng, classes=("apple", "pear"), num_images=10):
 
 
 def class_ground_truth(objects, cls):
-    """Image id -> (1-based boxes, difficult flags) of class ``cls``, from :func:`write_tiny_voc`'s objects."""
-    return {image_id: ([box for name, _, box in objs if name == cls], [d for name, d, _ in objs if name == cls])
+    """Image id -> (1-based boxes, difficult flags) of class ``cls``, from the ``write_voc`` fixture's objects."""
+    return {image_id: ([box for name, box, *_ in objs if name == cls],
+                       [d[0] if d else 0 for name, _, *d in objs if name == cls])
             for image_id, objs in objects.items()}
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_matches_a_port_of_vocevaldet_on_result_files(tmp_path, seed):
+def test_matches_a_port_of_vocevaldet_on_result_files(tmp_path, write_voc, seed):
     root = tmp_path / "voc"
-    objects = random_voc_and_results(root, np.random.default_rng(seed))
+    objects = random_voc_and_results(write_voc, root, np.random.default_rng(seed))
     dataset = VOCDataset(root, "test", classes=("apple", "pear"))
     for metric in METRICS:
         result = evaluate_results(dataset, root, metric=metric)
@@ -467,17 +452,17 @@ def test_matches_a_port_of_vocevaldet_on_result_files(tmp_path, seed):
             assert result["ap"][cls] == pytest.approx(expected, rel=0, abs=1e-15), (cls, metric)
 
 
-def test_ties_keep_the_class_files_line_order(tmp_path):
+def test_ties_keep_the_class_files_line_order(tmp_path, write_voc):
     # the issue's two-line reproducer: pear's file lists a hit in 000001, then a miss in 000002, both 0.5;
     # the devkit's stable sort keeps that order: precision 1, 1/2 -> AP 1. Reading the files image by
     # image (000002 comes first through apple's file) put the miss first: AP 0.5.
-    root = write_tiny_voc(tmp_path / "voc", {"000001": [("pear", 0, (11, 11, 30, 30))],
-                                            "000002": [("apple", 0, (1, 1, 20, 20))]})
+    root = write_voc(tmp_path / "voc", {"000001": [("pear", (11, 11, 30, 30))],
+                                       "000002": [("apple", (1, 1, 20, 20))]})
     (root / "comp4_det_test_apple.txt").write_text("000002 0.900000 1.0 1.0 20.0 20.0\n")
     pear = "000001 0.500000 11.0 11.0 30.0 30.0\n000002 0.500000 40.0 5.0 60.0 40.0\n"
     (root / "comp4_det_test_pear.txt").write_text(pear)
     dataset = VOCDataset(root, "test")
-    objects = {"000001": [("pear", 0, (11, 11, 30, 30))], "000002": [("apple", 0, (1, 1, 20, 20))]}
+    objects = {"000001": [("pear", (11, 11, 30, 30))], "000002": [("apple", (1, 1, 20, 20))]}
     for metric in METRICS:
         assert vocevaldet_port(class_ground_truth(objects, "pear"), *textread(pear), use_07=metric == "voc07")[2] == \
             pytest.approx(1.0, abs=1e-15)

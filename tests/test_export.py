@@ -8,7 +8,6 @@ from detection.detector import Detector
 from detection.export import ExportError, ScoringGraph, example_inputs, export_model
 from features.backbones import build_backbone
 from features.head import FCHead
-from features.projection import project_boxes
 from features.spp import roi_pool_bins_exact, roi_pyramid_pool, spatial_pyramid_pool, spp_output_dim
 from svm.calibration import PlattScaling
 from tools.cli import main

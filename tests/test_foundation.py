@@ -39,23 +39,10 @@ def test_cache_put_get_atomic_and_keys(tmp_path):
     assert cache.get("s", "f", "img1") is None and not cache.has("s", "f", "img1")
 
 
-def write_voc(root, objects_by_image, split="trainval"):
-    (root / "Annotations").mkdir(parents=True)
-    (root / "JPEGImages").mkdir()
-    (root / "ImageSets" / "Main").mkdir(parents=True)
-    for image_id, objects in objects_by_image.items():
-        Image.new("RGB", (60, 40)).save(root / "JPEGImages" / f"{image_id}.jpg")
-        objs = "".join(
-            f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
-            f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, d, b in objects)
-        (root / "Annotations" / f"{image_id}.xml").write_text(
-            f"<annotation><size><width>60</width><height>40</height><depth>3</depth></size>{objs}</annotation>")
-    (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(objects_by_image) + "\n")
-
-
-def test_voc_reader_converts_one_based_and_keeps_difficult(tmp_path):
+def test_voc_reader_converts_one_based_and_keeps_difficult(tmp_path, write_voc):
     voc = tmp_path / "VOCdevkit" / "VOC2007"
-    write_voc(voc, {"000001": [("dog", 0, (1, 1, 10, 20)), ("cat", 1, (0, 5, 30, 39))], "000002": []})
+    write_voc(voc, {"000001": [("dog", (1, 1, 10, 20)), ("cat", (0, 5, 30, 39), 1)], "000002": []},
+              split="trainval", size=(60, 40))
     ds = VOCDataset(tmp_path / "VOCdevkit", "trainval")  # a devkit parent resolves to VOC2007
     assert ds.root == voc and ds.classes == VOC_CLASSES and len(ds) == 2
     rec = ds[0]
@@ -65,17 +52,17 @@ def test_voc_reader_converts_one_based_and_keeps_difficult(tmp_path):
     assert ds[1].boxes.shape == (0, 4) and (rec.width, rec.height) == (60, 40)
 
 
-def test_voc_reader_class_list_rules(tmp_path):
-    write_voc(tmp_path, {"a": [("zebra", 0, (1, 1, 5, 5))], "b": [("apple", 0, (1, 1, 5, 5))]})
+def test_voc_reader_class_list_rules(tmp_path, write_voc):
+    write_voc(tmp_path, {"a": [("zebra", (1, 1, 5, 5))], "b": [("apple", (1, 1, 5, 5))]}, split="trainval")
     assert VOCDataset(tmp_path, "trainval").classes == ("apple", "zebra")
     only = VOCDataset(tmp_path, "trainval", classes=("zebra",))
     assert only.classes == ("zebra",) and len(only[1].boxes) == 0
 
 
-def test_voc_reader_errors_name_the_file(tmp_path):
+def test_voc_reader_errors_name_the_file(tmp_path, write_voc):
     with pytest.raises(DatasetError, match="not a VOC directory"):
         resolve_voc_root(tmp_path)
-    write_voc(tmp_path, {"a": []})
+    write_voc(tmp_path, {"a": []}, split="trainval")
     with pytest.raises(DatasetError, match="test.txt"):
         VOCDataset(tmp_path, "test")
     (tmp_path / "Annotations" / "a.xml").write_text("<annotation><size>")

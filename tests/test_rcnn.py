@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from detection.core.config import FeatureConfig
 from detection.data.demo import make_demo_dataset
+from detection.data.devkit import read_devkit_results
 from features.backbones import build_backbone
 from features.extractor import SPPFeatureExtractor, build_extractor
 from features.rcnn import RCNNFeatureExtractor, rcnn_crop_boxes, warp_crops
@@ -192,8 +193,19 @@ def test_rcnn_mode_trains_tests_and_detects_end_to_end(tmp_path, one_thread):
     assert main(["test", "--data", str(voc), "--model", str(work / "model.pt"), "--out", str(out),
                  "--workers", "1", "--quiet", "--device", "cpu"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["ap"]) <= {"circle", "cross", "square", "star", "triangle"} and 0 <= metrics["mAP"] <= 1
+    classes = tuple(metrics["ap"])
+    assert set(classes) <= {"circle", "cross", "square", "star", "triangle"}
+    image_id = (voc / "ImageSets" / "Main" / "test.txt").read_text().split()[0]
     detected = tmp_path / "detect"
-    assert main(["detect", str(voc / "JPEGImages" / "000001.jpg"), "--model", str(work / "model.pt"),
+    assert main(["detect", str(voc / "JPEGImages" / f"{image_id}.jpg"), "--model", str(work / "model.pt"),
                  "--out", str(detected), "--quiet", "--device", "cpu", "--workers", "1"]) == 0
     assert (detected / "predictions.jsonl").read_text().count("\n") == 1
+    # `detect` and `test` are two paths through the R-CNN features: the same detections of the image,
+    # up to the result files' rounding (scores to 6 decimals, boxes to 1)
+    record = json.loads((detected / "predictions.jsonl").read_text())
+    by_detect = sorted((d["label"], d["score"], *d["box"]) for d in record["detections"])
+    results = read_devkit_results(out / "results", "test", classes)
+    by_test = sorted((name, score, *box) for name, dets in zip(classes, results)
+                     for image, score, box in zip(dets.image_ids, dets.scores, dets.boxes.tolist()) if image == image_id)
+    assert by_detect and [d[0] for d in by_detect] == [t[0] for t in by_test]
+    np.testing.assert_allclose([d[1:] for d in by_detect], [t[1:] for t in by_test], rtol=0, atol=0.06)
