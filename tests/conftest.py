@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from detection.core.config import SPPConfig
-from detection.data.demo import DemoObject, annotation_xml
+from detection.data.generated import GeneratedObject, annotation_xml
 
 
 def _write_voc(root: Path, objects_by_image: dict, split: str = "test", size: tuple[int, int] = (64, 48),
@@ -23,7 +23,7 @@ def _write_voc(root: Path, objects_by_image: dict, split: str = "test", size: tu
         Image.new("RGB", (image_sizes or {}).get(image_id, size)).save(root / "JPEGImages" / f"{image_id}.jpg")
         described = []
         for name, box, *difficult in objects:  # annotation_xml takes 0-based boxes and writes them 1-based
-            described.append(DemoObject(name, tuple(v - 1 for v in box), False, bool(difficult and difficult[0])))
+            described.append(GeneratedObject(name, tuple(v - 1 for v in box), False, bool(difficult and difficult[0])))
         (root / "Annotations" / f"{image_id}.xml").write_bytes(annotation_xml(image_id, size, described))
     (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in objects_by_image))
     return root
