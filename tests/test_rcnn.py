@@ -198,7 +198,7 @@ def test_rcnn_mode_trains_tests_and_detects_end_to_end(tmp_path, one_thread):
     image_id = (voc / "ImageSets" / "Main" / "test.txt").read_text().split()[0]
     detected = tmp_path / "detect"
     assert main(["detect", str(voc / "JPEGImages" / f"{image_id}.jpg"), "--model", str(work / "model.pt"),
-                 "--out", str(detected), "--quiet", "--device", "cpu", "--workers", "1"]) == 0
+                 "--out", str(detected), "--quiet", "--device", "cpu", "--workers", "1", "--min-prob", "0"]) == 0
     assert (detected / "predictions.jsonl").read_text().count("\n") == 1
     # `detect` and `test` are two paths through the R-CNN features: the same detections of the image,
     # up to the result files' rounding (scores to 6 decimals, boxes to 1)

@@ -147,7 +147,9 @@ def run_mode(detector: Detector, images: list[np.ndarray], proposals: list[np.nd
     for _ in range(warmup):
         time_detection(detector, images[0], first_windows, Stopwatch(device))
     watch = Stopwatch(device)
-    bar = tqdm(total=sum(len(b) for b in proposals), desc=label, unit="win", disable=not progress, leave=False)
+    # every update is a whole conv batch (seconds on a CPU), so each is shown: no minimum interval
+    bar = tqdm(total=sum(len(b) for b in proposals), desc=label, unit="win", disable=not progress, leave=False,
+               mininterval=0)
     with bar:
         if rcnn:  # its conv layers run inside ``features``: timed there, moved to ``conv`` below
             sizes = iter([min(batch, len(b) - start) for b in proposals for start in range(0, len(b), batch)])
