@@ -79,6 +79,26 @@ def test_fc8_initialisation_and_no_fc8_head():
         features_only(torch.rand(2, 8))
 
 
+@pytest.mark.parametrize("init, weight_std, bias", [
+    ("gaussian", lambda fan_in, fan_out: 0.005, 0.1),
+    ("kaiming", lambda fan_in, fan_out: (2 / fan_in) ** 0.5, 0.0),
+    ("xavier", lambda fan_in, fan_out: (2 / (fan_in + fan_out)) ** 0.5, 0.0),
+    ("pytorch", lambda fan_in, fan_out: (1 / (3 * fan_in)) ** 0.5, None),  # U(±1/sqrt(fan_in)): std 1/sqrt(3·fan_in)
+])
+def test_fresh_fc_initialisations(init, weight_std, bias):
+    torch.manual_seed(0)
+    head = FCHead(3000, hidden=400, num_classes=5, init=init)
+    for layer in (head.fc6, head.fc7):
+        fan_out, fan_in = layer.weight.shape
+        assert layer.weight.std().item() == pytest.approx(weight_std(fan_in, fan_out), rel=0.05)
+        assert layer.weight.mean().abs().item() < 0.1 * weight_std(fan_in, fan_out)
+        if bias is not None:
+            assert torch.equal(layer.bias, torch.full_like(layer.bias, bias))
+    assert head.fc8.weight.std().item() == pytest.approx(0.01, rel=0.05)  # fc8 keeps its own N(0, 0.01²)
+    with pytest.raises(ValueError, match="initialisation"):
+        FCHead(8, hidden=4, init="orthogonal")
+
+
 @pytest.mark.parametrize("levels, grid", [((1, 2, 3, 6), 6), ((6, 3, 2, 1), 6), ((1, 2, 3, 7), 7), ((2, 4), 4)])
 def test_widened_fc6_equals_pretrained_fc6_on_the_grid(levels, grid):
     torch.manual_seed(0)

@@ -64,6 +64,9 @@ class FinetuneConfig:
     hidden: int = 4096  # fc6 and fc7 widths
     dropout: float = 0.5
     fc8_init_std: float = 0.01  # new fc8 ~ N(0, 0.01²)
+    # fresh fc6/fc7 (no pretrained head): "pytorch", "gaussian" (Caffe's N(0, 0.005²)), "kaiming"
+    # or "xavier" (features.head.FC_INITS)
+    init: str = "pytorch"
     batch_size: int = 128  # windows per mini-batch
     fg_fraction: float = 0.25  # 25% foreground ...
     fg_threshold: float = 0.5  # ... at max IoU >= 0.5
@@ -77,8 +80,10 @@ class FinetuneConfig:
     # each step point at floor(step · iterations / length) (a small default suits a CPU).
     schedule: str = "official"
     iterations: int = 2000
+    base_lr: float | None = None  # None: the schedule's (official 1e-3, paper 1e-4)
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    label_smoothing: float = 0.0  # softmax loss targets; 0 = the paper's plain softmax loss
     bias_lr_multiplier: float = 2.0  # Caffe blobs_lr: 1, 2 on every fc layer
     # Weight decay on biases, as a multiple of ``weight_decay``. 0: R-CNN (weight_decay: 1, 0 on
     # every layer) and the official SPP fc8; the official fc6/fc7 leave it unset, which Caffe reads as 1.

@@ -272,7 +272,8 @@ class TrainingRun:
         fp = self.fingerprints["finetune"]
         pool = PooledWindows(self.extractor, self.maps, windows)
         tuner = FineTuner(head, cfg.finetune, pool, checkpoint_dir=self.store.directory("finetune", fp),
-                          device=self.device, log=lambda line: self._say(line, console=self.progress))
+                          device=self.device, log=lambda line: self._say(line, console=False),
+                          progress=self.progress)
         overlaps, labels = zip(*targets)
         head = tuner.fit(list(overlaps) * copies, list(labels) * copies, num_scales=len(cfg.features.scales))
         self.store.save("finetune", fp, head.state_dict(), {"history": tuner.history_},
