@@ -171,22 +171,28 @@ class CountingExtractor:
         return torch.cat([torch.as_tensor(boxes, dtype=torch.float32), scales[:, None]], dim=1)
 
 
-def test_pooled_windows_remember_vectors_mirror_flips_and_stay_bounded():
+def test_pooled_windows_pool_each_images_candidates_once_mirror_flips_and_stay_bounded():
     from types import SimpleNamespace
 
     from detection.training.memo import PooledWindows
 
-    boxes = np.array([[0, 0, 9, 9], [10, 20, 30, 40], [5, 5, 50, 60]], dtype=np.float64)
+    boxes = np.array([[0, 0, 9, 9], [10, 20, 30, 40], [5, 5, 50, 60], [1, 2, 3, 4]], dtype=np.float64)
     windows = [SimpleNamespace(boxes=boxes)]  # one image, index 1 is its mirror image
+    candidates = [np.array([True, True, True, False])]
     extractor = CountingExtractor()
-    pool = PooledWindows(extractor, lambda index: ([], (100, 200)), windows, max_bytes=2 * 5 * 4)
-    first = pool(0, np.array([2, 0]), np.array([1, 0]))
-    assert torch.equal(first, extractor.pool(None, boxes[[2, 0]], None, [1, 0])) and extractor.pooled == 4
-    again = pool(0, np.array([0, 2]), np.array([0, 1]))  # remembered: nothing pooled
-    assert torch.equal(again, first[[1, 0]]) and extractor.pooled == 4
+    # room for the 3 candidates at two scales: 2 × 3 vectors of 5 fp16 values
+    pool = PooledWindows(extractor, lambda index: ([], (100, 200)), windows, candidates, max_bytes=2 * 3 * 5 * 2)
+    reference = CountingExtractor()
+    first = pool(0, np.array([2, 0, 2]), np.array([1, 0, 0]))
+    assert torch.equal(first, reference.pool(None, boxes[[2, 0, 2]], None, [1, 0, 0]))
+    assert extractor.pooled == 6  # every candidate at the two scales asked for, once
+    again = pool(0, np.array([0, 1, 2]), np.array([0, 1, 1]))  # kept: nothing pooled
+    assert torch.equal(again, reference.pool(None, boxes[:3], None, [0, 1, 1])) and extractor.pooled == 6
+    with pytest.raises(ValueError, match=r"windows \[3\] are not candidates"):
+        pool(0, np.array([3]), np.array([0]))
+    # the mirror image's block does not fit any more: pooled per request, mirrored
     mirrored = pool(1, np.array([1]), None)
-    assert mirrored[0, :4].tolist() == [200 - 1 - 30, 20, 200 - 1 - 10, 40]
-    pool(0, np.array([1, 2]), np.array([0, 0]))  # a fifth vector: the least recently used, (0, 0), is dropped
-    before = extractor.pooled
-    pool(0, np.array([2, 0]), np.array([1, 0]))
-    assert extractor.pooled == before + 1
+    assert mirrored[0].tolist() == [200 - 1 - 30, 20, 200 - 1 - 10, 40, 0] and extractor.pooled == 7
+    pool(1, np.array([1]), None)
+    assert extractor.pooled == 8 and pool.kept_bytes == 2 * 3 * 5 * 2
+    assert pool(0, np.array([], dtype=np.int64), None).shape == (0, 5)

@@ -270,7 +270,8 @@ class TrainingRun:
         targets = [finetune_targets(w) for w in windows]
         copies = 2 if cfg.finetune.flip else 1  # flipped images: the same windows mirrored, same targets
         fp = self.fingerprints["finetune"]
-        pool = PooledWindows(self.extractor, self.maps, windows)
+        lowest = min(cfg.finetune.bg_low, cfg.finetune.fg_threshold)  # no window below this is ever drawn
+        pool = PooledWindows(self.extractor, self.maps, windows, [overlap >= lowest for overlap, _ in targets])
         tuner = FineTuner(head, cfg.finetune, pool, checkpoint_dir=self.store.directory("finetune", fp),
                           device=self.device, log=lambda line: self._say(line, console=False),
                           progress=self.progress)
