@@ -30,10 +30,46 @@ def _load_libc() -> ctypes.CDLL | None:
 
 _LIBC = _load_libc()
 
+_SEGMENTATION = cv2.ximgproc.segmentation
+
+# R-CNN's selective_search_boxes.m in fast mode (IJCV code's demo): Felzenszwalb-Huttenlocher
+# segmentations with k in {50, 100}, min size = k and sigma 0.8, of the image in HSV and in Lab,
+# each grouped with two similarity strategies: colour + texture + size + fill, texture + size + fill.
+RCNN_FAST_KS = (50, 100)
+RCNN_SIGMA = 0.8
+
+
+def _rcnn_fast(ss, bgr: np.ndarray) -> None:
+    ss.addImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV))
+    ss.addImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2Lab))
+    for k in RCNN_FAST_KS:
+        ss.addGraphSegmentation(_SEGMENTATION.createGraphSegmentation(sigma=RCNN_SIGMA, k=float(k), min_size=k))
+    ss.addStrategy(_SEGMENTATION.createSelectiveSearchSegmentationStrategyMultiple(
+        _SEGMENTATION.createSelectiveSearchSegmentationStrategyColor(),
+        _SEGMENTATION.createSelectiveSearchSegmentationStrategyTexture(),
+        _SEGMENTATION.createSelectiveSearchSegmentationStrategySize(),
+        _SEGMENTATION.createSelectiveSearchSegmentationStrategyFill()))
+    ss.addStrategy(_SEGMENTATION.createSelectiveSearchSegmentationStrategyMultiple(
+        _SEGMENTATION.createSelectiveSearchSegmentationStrategyTexture(),
+        _SEGMENTATION.createSelectiveSearchSegmentationStrategySize(),
+        _SEGMENTATION.createSelectiveSearchSegmentationStrategyFill()))
+
+
+def _base_image(switch):
+    def setup(ss, bgr: np.ndarray) -> None:
+        ss.setBaseImage(bgr)
+        switch(ss)
+    return setup
+
+
+# ProposalConfig.mode -> how to set up OpenCV's SelectiveSearchSegmentation for one BGR image
 _MODES = {
-    "fast": lambda ss: ss.switchToSelectiveSearchFast(),
-    "quality": lambda ss: ss.switchToSelectiveSearchQuality(),
+    "rcnn_fast": _rcnn_fast,
+    # OpenCV's own fast mode: HSV and Lab, k in {150, 300, 450}, min size 0, the same two strategies
+    "opencv_fast": _base_image(lambda ss: ss.switchToSelectiveSearchFast()),
+    "quality": _base_image(lambda ss: ss.switchToSelectiveSearchQuality()),
 }
+PROPOSAL_MODES = tuple(_MODES)
 
 
 def _proposal_scale(height: int, width: int, resize_width: int, max_side: int) -> float:
@@ -60,9 +96,8 @@ def _proposal_image(image: np.ndarray, resize_width: int, max_side: int) -> tupl
 
 def _run_selective_search(bgr: np.ndarray, mode: str) -> np.ndarray:
     """(H, W, 3) uint8 BGR -> (N, 4) float64 inclusive boxes, in selective search's order."""
-    ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
-    ss.setBaseImage(bgr)
-    _MODES[mode](ss)
+    ss = _SEGMENTATION.createSelectiveSearchSegmentation()
+    _MODES[mode](ss, bgr)
     if _LIBC is not None:
         _LIBC.srand(_RAND_SEED)
     rects = np.asarray(ss.process(), dtype=np.float64).reshape(-1, 4)  # (x, y, w, h)

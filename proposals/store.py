@@ -1,10 +1,9 @@
-"""Selective search boxes per image, cached on disk and computed in parallel processes."""
+"""Selective search boxes per image, cached on disk and computed in parallel processes (:mod:`proposals.pool`)."""
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
+import functools
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Iterator
 
 import numpy as np
@@ -13,6 +12,7 @@ from tqdm import tqdm
 from detection.core.cache import Cache
 from detection.core.config import ProposalConfig, fingerprint
 from detection.core.images import ImageError, load_image
+from proposals.pool import WorkerPool
 from proposals.selective_search import selective_search
 
 STAGE = "proposals"
@@ -26,14 +26,14 @@ def with_ground_truth(proposals: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray
     return np.concatenate([gt, np.asarray(proposals, dtype=np.float64).reshape(-1, 4)])
 
 
-def _proposals_for_file(image_path: PathLike, config: ProposalConfig) -> tuple[np.ndarray | None, str | None]:
-    """Read one image and run selective search -> ((N, 4) boxes, None), or (None, reason) if unreadable.
+def _proposals_for_file(item: tuple[str, PathLike], config: ProposalConfig) -> tuple[np.ndarray | None, str | None]:
+    """Read the image of one (key, path) and run selective search -> ((N, 4) boxes, None), or (None, reason) if unreadable.
 
     The reason travels back as a string because ImageError's two-argument constructor does not
     survive pickling from a worker process.
     """
     try:
-        image = load_image(image_path)
+        image = load_image(item[1])
     except ImageError as err:
         return None, str(err)
     return selective_search(image, config), None
@@ -100,17 +100,11 @@ class ProposalStore:
 
     def _compute(self, items: list[tuple[str, PathLike]]) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
         """Yield (key, boxes or None, failure reason or None) for each item, in completion order."""
-        if self.workers == 1 or len(items) <= 1:
-            for key, path in items:
-                yield key, *_proposals_for_file(path, self.config)
-            return
-        # spawn, not fork: OpenCV's thread pool state does not survive fork (opencv/opencv#5150)
-        context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(min(self.workers, len(items)), mp_context=context)
-        try:
-            futures = {pool.submit(_proposals_for_file, path, self.config): key for key, path in items}
-            for future in as_completed(futures):
-                yield futures[future], *future.result()
-        finally:
-            # on an interruption, wait only for the images being worked on, not the whole queue
-            pool.shutdown(wait=True, cancel_futures=True)
+        workers = 0 if self.workers == 1 or len(items) <= 1 else min(self.workers, len(items))
+        compute = functools.partial(_proposals_for_file, config=self.config)
+        for (key, _), (boxes, reason) in WorkerPool(workers).map_unordered(compute, items, _lost):
+            yield key, boxes, reason
+
+
+def _lost(item: tuple[str, PathLike], reason: str) -> tuple[None, str]:
+    return None, f"{item[1]}: {reason}"

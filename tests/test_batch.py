@@ -13,9 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from detection.runs.batch import (
-    DetectionFilter, ProposalPipeline, ReadOptions, _truncate_torn_line, find_images, read_records, shard,
-)
+from detection.runs.batch import DetectionFilter, ProposalPipeline, ReadOptions, find_images, read_records, shard
+from detection.runs.batch.outputs import _truncate_torn_line
 from detection.core.config import ProposalConfig, SPPConfig
 from detection.detector import Detector
 from detection.core.detections import Detections

@@ -1,14 +1,17 @@
 """Selective search boxes, the proposal store and R-CNN's proposal files."""
+import cv2
 import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
 
+import proposals.selective_search as selective_search_module
 import proposals.store as store_module
 from detection.core.cache import Cache
 from detection.core.config import ProposalConfig
 from detection.core.images import ImageError
-from proposals.selective_search import load_rcnn_proposals, selective_search
+from proposals.recall import best_overlaps, compare_modes, recall, recall_table
+from proposals.selective_search import PROPOSAL_MODES, load_rcnn_proposals, selective_search
 from proposals.store import ProposalStore, with_ground_truth
 
 
@@ -70,13 +73,16 @@ def test_boxes_are_in_original_coordinates_when_resized(width, resize_width):
         assert smallest < 20
 
 
-def test_quality_mode_runs_and_unknown_mode_raises():
+def test_every_mode_runs_and_unknown_mode_raises():
     image = scene(96, 72)
-    fast = selective_search(image, ProposalConfig(mode="fast", resize_width=0, min_size=5))
-    quality = selective_search(image, ProposalConfig(mode="quality", resize_width=0, min_size=5))
-    assert_valid_boxes(fast, 96, 72)
-    assert_valid_boxes(quality, 96, 72)
-    assert len(quality) > len(fast)  # more colour spaces, ks and strategies
+    found = {mode: selective_search(image, ProposalConfig(mode=mode, resize_width=0, min_size=5))
+             for mode in PROPOSAL_MODES}
+    assert set(found) == {"rcnn_fast", "opencv_fast", "quality"} and ProposalConfig().mode == "rcnn_fast"
+    for boxes in found.values():
+        assert_valid_boxes(boxes, 96, 72)
+    assert len(found["quality"]) > len(found["opencv_fast"])  # more colour spaces, ks and strategies
+    # finer segmentations (k 50, 100 with min size k, against k 150-450 with none): different windows
+    assert not np.array_equal(found["rcnn_fast"], found["opencv_fast"])
     with pytest.raises(ValueError, match="mode"):
         selective_search(image, ProposalConfig(mode="slow"))
 
@@ -182,3 +188,90 @@ def test_load_rcnn_proposals_converts_one_based_yx_to_zero_based_xy(tmp_path):
     assert set(loaded) == {"000005", "000007"}
     np.testing.assert_array_equal(loaded["000005"], [[1, 0, 39, 29], [5, 4, 7, 6]])
     assert loaded["000007"].shape == (0, 4)
+
+
+def small_objects_scene(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(240, 320, 3) uint8 RGB: 12-24 px squares 15 grey levels off a noisy ground, and their (G, 4) boxes."""
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(np.clip(rng.normal(128, 20, (240, 320, 3)), 0, 255), (0, 0), 1.0)
+    boxes = []
+    for row in range(3):
+        for col in range(4):
+            side = int(rng.integers(12, 25))
+            x1, y1 = 20 + col * 75 + int(rng.integers(0, 20)), 20 + row * 75 + int(rng.integers(0, 20))
+            image[y1:y1 + side, x1:x1 + side] += 15 * rng.choice([-1, 1], 3)
+            boxes.append([x1, y1, x1 + side - 1, y1 + side - 1])
+    return np.clip(image, 0, 255).astype(np.uint8), np.array(boxes, dtype=np.float64)
+
+
+def test_rcnn_fast_finds_small_low_contrast_objects_better_than_opencv_fast(tmp_path):
+    paths, gts = [], []
+    for seed in range(2):
+        image, gt = small_objects_scene(seed)
+        paths.append(write_png(tmp_path / f"{seed}.png", image))
+        gts.append(gt)
+    config = ProposalConfig(resize_width=0, min_size=10)
+    results = {r.mode: r for r in compare_modes(list(zip(paths, gts)), config, ("rcnn_fast", "opencv_fast"))}
+    assert results["rcnn_fast"].num_objects == 24 and results["rcnn_fast"].num_small == 24
+    assert results["rcnn_fast"].recall[0.5] == 1.0 and results["opencv_fast"].recall[0.5] < 1.0
+    assert results["rcnn_fast"].recall[0.7] > results["opencv_fast"].recall[0.7]
+    for r in results.values():
+        assert r.cpu_s_per_image > 0 and r.wall_s_per_image > 0 and r.boxes_per_image > 0
+    table = recall_table(list(results.values()))
+    assert table.splitlines()[0].startswith("| mode | boxes / image | recall @ 0.5 | recall @ 0.7 |")
+    assert len(table.splitlines()) == 4
+
+
+def test_rcnn_fast_is_selective_search_boxes_m_fast_mode(monkeypatch):
+    """k in {50, 100} with min size k and sigma 0.8; HSV and Lab; colour+texture+size+fill and texture+size+fill."""
+    segmentation = cv2.ximgproc.segmentation
+    calls = []
+
+    class Recording:
+        def __getattr__(self, name):
+            def record(*args, **kwargs):
+                calls.append((name.replace("createSelectiveSearchSegmentation", ""), args, kwargs))
+                return getattr(segmentation, name)(*args, **kwargs)
+            return record
+
+    monkeypatch.setattr(selective_search_module, "_SEGMENTATION", Recording())
+    images = []
+    original = cv2.cvtColor
+    monkeypatch.setattr(selective_search_module.cv2, "cvtColor",
+                        lambda image, code: images.append(code) or original(image, code))
+    selective_search(scene(64, 48), ProposalConfig(mode="rcnn_fast", resize_width=0, min_size=5))
+    graph = [c[2] for c in calls if c[0] == "createGraphSegmentation"]
+    assert graph == [{"sigma": 0.8, "k": 50.0, "min_size": 50}, {"sigma": 0.8, "k": 100.0, "min_size": 100}]
+    strategies = [c[0] for c in calls if c[0].startswith("Strategy")]
+    assert strategies == ["StrategyColor", "StrategyTexture", "StrategySize", "StrategyFill", "StrategyMultiple",
+                          "StrategyTexture", "StrategySize", "StrategyFill", "StrategyMultiple"]
+    assert [c for c in images if c != cv2.COLOR_RGB2BGR] == [cv2.COLOR_BGR2HSV, cv2.COLOR_BGR2Lab]
+
+
+def test_best_overlaps_and_recall_match_a_loop():
+    rng = np.random.default_rng(3)
+
+    def boxes(n):
+        xy = rng.uniform(0, 80, (n, 2))
+        return np.hstack([xy, xy + rng.uniform(5, 40, (n, 2))])
+
+    proposals, gts = [boxes(50), np.zeros((0, 4)), boxes(7)], [boxes(4), boxes(2), np.zeros((0, 4))]
+    expected = []
+    for props, gt in zip(proposals, gts):
+        for g in gt:
+            best = 0.0
+            for p in props:
+                iw = min(g[2], p[2]) - max(g[0], p[0]) + 1
+                ih = min(g[3], p[3]) - max(g[1], p[1]) + 1
+                if iw > 0 and ih > 0:
+                    inter = iw * ih
+                    union = (g[2] - g[0] + 1) * (g[3] - g[1] + 1) + (p[2] - p[0] + 1) * (p[3] - p[1] + 1) - inter
+                    best = max(best, inter / union)
+            expected.append(best)
+    overlaps = best_overlaps(proposals, gts)
+    np.testing.assert_allclose(overlaps, expected)
+    assert overlaps[4:6].tolist() == [0.0, 0.0]  # an image without proposals finds nothing
+    thresholds = np.array([0.0, 0.5, 0.7, 1.01])
+    np.testing.assert_allclose(recall(overlaps, thresholds),
+                               [np.mean([o >= t for o in expected]) for t in thresholds])
+    assert np.isnan(recall(np.zeros(0), [0.5])).all()

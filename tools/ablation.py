@@ -1,4 +1,4 @@
-"""`sppnet ablation`: the paper's Table 9 on the built-in demo set, written into docs/results.md.
+"""`sppnet ablation`: the paper's Table 9 on a generated set (demo or realistic), written into docs/results.md.
 
 Rows pool5, fc6, ftfc6, ftfc7, ftfc7 + bb; columns 1 scale and 5 scales. Every cell trains and
 tests a detector under OUT/<column>/<row>, all over one cache (OUT/cache), so the shared stages run
@@ -16,13 +16,13 @@ from pathlib import Path
 
 from detection.runs.ablation import (
     COLUMNS,
+    GENERATED_SETS,
     AblationColumn,
     machine_description,
     report,
     run_ablation,
     write_markdown_section,
 )
-from detection.data.demo import make_demo_dataset
 from detection.detector import default_device
 from detection.data.voc import VOCDataset
 from tools.common import add_config_arguments, add_runtime_arguments, config_from_args
@@ -39,11 +39,14 @@ and is replaced when the same data set is measured again. Text outside the marke
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="sppnet-ablation", help="working directory (default: %(default)s)")
-    parser.add_argument("--num-images", type=int, default=40,
-                        help="generated images per split (default: %(default)s, the demo set; more makes a larger set)")
-    parser.add_argument("--seed", type=int, default=0, help="demo data seed (default: %(default)s)")
-    parser.add_argument("--image-size", type=lambda t: tuple(int(v) for v in t.split("x")), default=(320, 240),
-                        metavar="WxH", help="generated image size (default: 320x240)")
+    parser.add_argument("--dataset", choices=sorted(GENERATED_SETS), default="demo",
+                        help="generated set: demo (drawn shapes) or realistic (real objects cut from photographs "
+                             "pasted onto other photographs; needs scikit-image) (default: %(default)s)")
+    parser.add_argument("--num-images", type=int, default=None,
+                        help="generated images per split (default: 40 demo, 150 realistic)")
+    parser.add_argument("--seed", type=int, default=0, help="data seed (default: %(default)s)")
+    parser.add_argument("--image-size", type=lambda t: tuple(int(v) for v in t.split("x")), default=None,
+                        metavar="WxH", help="generated image size (default: 320x240 demo, 500x375 realistic)")
     parser.add_argument("--five-scale-images", type=int, default=None, metavar="N",
                         help="use only the first N images of each split in the 5-scale column (CPU budget)")
     parser.add_argument("--columns", choices=("1", "5", "1,5"), default="1,5", help="scale columns to run")
@@ -64,12 +67,13 @@ def _command_line() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    width, height = args.image_size
-    name = f"demo-{args.num_images}-{width}x{height}-seed{args.seed}"
+    generated = GENERATED_SETS[args.dataset]
+    width, height = args.image_size or generated.image_size
+    count = args.num_images or generated.num_images
+    name = f"{args.dataset}-{count}-{width}x{height}-seed{args.seed}"
     # one directory per generated set: image ids repeat across sets, and the caches are keyed by id
     out = Path(args.out) / name
-    voc = make_demo_dataset(out / "data", num_trainval=args.num_images, num_test=args.num_images, seed=args.seed,
-                            image_size=(width, height))
+    voc = generated.make(out / "data", num_trainval=count, num_test=count, seed=args.seed, image_size=(width, height))
     train_set, test_set = VOCDataset(voc, "trainval"), VOCDataset(voc, "test")
     one, five = COLUMNS
     columns = {"1": (one,), "5": (AblationColumn(five.name, five.scales, args.five_scale_images),),
@@ -79,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
     started = datetime.now(timezone.utc)
     result = run_ablation(config, train_set, test_set, out, columns=columns, device=device, workers=args.workers,
                            progress=not args.quiet)
-    section = report(result, title=f"Demo set: {args.num_images} + {args.num_images} generated images "
+    section = report(result, title=f"{generated.title}: {count} + {count} generated images "
                                     f"({width}×{height}, seed {args.seed})",
-                     dataset=f"`make_demo_dataset(num_trainval={args.num_images}, num_test={args.num_images}, "
+                     dataset=f"`{generated.make.__name__}(num_trainval={count}, num_test={count}, "
                              f"seed={args.seed}, image_size=({width}, {height}))`",
                      config=config, machine=machine_description(device),
                      command=_command_line(), date=started.strftime("%Y-%m-%d %H:%M UTC"))

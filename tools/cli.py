@@ -6,7 +6,7 @@ import os
 import sys
 
 from detection.core.errors import SppnetError
-from tools import ablation, benchmark, demo, detect_net, eval_net, test_net, train_net
+from tools import ablation, benchmark, demo, detect_net, eval_net, proposal_recall, test_net, train_net
 
 COMMANDS = {
     "demo": (demo, "generate a small dataset, train, test and print the AP table (offline, CPU)"),
@@ -14,7 +14,8 @@ COMMANDS = {
     "test": (test_net, "detect on a VOC-format split and report per-class AP and mAP"),
     "eval": (eval_net, "evaluate devkit result files on a VOC-format split"),
     "detect": (detect_net, "detect objects in image files or folders"),
-    "ablation": (ablation, "the paper's Table 9 (feature layers × 1/5 scales) on the demo set -> docs/results.md"),
+    "ablation": (ablation, "the paper's Table 9 (feature layers × 1/5 scales) on a generated set -> docs/results.md"),
+    "recall": (proposal_recall, "selective search modes compared: recall at IoU 0.5 / 0.7 and seconds per image"),
     "benchmark": (benchmark, "time SPP-net (1 and 5 scales) against R-CNN on the same images and proposals"),
 }
 

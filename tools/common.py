@@ -7,6 +7,7 @@ import os
 from detection.core.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
 from detection.detector import FEATURE_LAYERS
 from features.backbones import BACKBONES
+from proposals.selective_search import PROPOSAL_MODES
 from features.finetune import SCALE_SAMPLING, SCHEDULES
 
 
@@ -55,7 +56,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                    help="window-to-feature-map rule: paper appendix or official code (default: %(default)s)")
     g.add_argument("--pyramid", type=lambda t: tuple(int(v) for v in t.split(",")), default=d.features.pyramid_levels,
                    help="pyramid levels (default: 1,2,3,6)")
-    g.add_argument("--proposal-mode", choices=("fast", "quality"), default=d.proposals.mode)
+    g.add_argument("--proposal-mode", choices=PROPOSAL_MODES, default=d.proposals.mode,
+                   help="selective search: rcnn_fast (R-CNN's fast mode: k 50, 100), opencv_fast (OpenCV's: "
+                        "k 150, 300, 450) or quality (default: %(default)s)")
     g.add_argument("--proposal-width", type=int, default=d.proposals.resize_width,
                    help="selective search runs on the image resized to this width (default: %(default)s)")
     g.add_argument("--max-proposals", type=int, default=d.proposals.max_proposals)

@@ -7,20 +7,12 @@ rebuilt at the end. Rerunning with the same --out skips the images already done.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from detection.runs.batch import (
-    DETECTIONS, FAILED, PREDICTIONS, BatchError, BatchSummary, DetectionFilter, OutputDir, ReadOptions,
-    class_indices, common_root, detect_files, distributed_env, file_sha1, find_images, gather_counts, shard,
-    share_cores,
-)
-from detection.detector import Detector, default_device
 from detection.core.images import DEFAULT_MAX_PIXELS
+from detection.runs.batch import (
+    DETECTIONS, FAILED, MIN_SIDE_STRIDES, PREDICTIONS, BatchSummary, FolderDetection, Merged, OutputDir,
+)
 from tools.common import add_runtime_arguments, parse_classes
-
-# Images whose shorter side is below this many conv strides are refused: they hold fewer than 2x2
-# cells' worth of real pixels, so the rescale to the test scale (688 px) would be pure interpolation.
-MIN_SIDE_STRIDES = 2
 
 EPILOG = """\
 inputs:
@@ -102,12 +94,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_runtime_arguments(parser)
 
 
-def _device(requested: str | None, world: int, local_rank: int) -> str:
-    device = requested or default_device()
-    # one GPU per rank when torchrun starts several on a machine
-    return f"cuda:{local_rank}" if device == "cuda" and world > 1 else device
-
-
 def _print_summary(label: str, done: int, skipped: int, failed: int) -> None:
     print(f"{label}: {done} done, {skipped} skipped (done by an earlier run), {failed} failed")
 
@@ -118,69 +104,25 @@ def _print_speed(summary: BatchSummary) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    rank, world, local_rank = distributed_env()
-    if world > 1 and args.shard is not None:
-        raise BatchError("--shard cannot be combined with torchrun's RANK/WORLD_SIZE: use one or the other")
-    index, count = args.shard or (rank, world)
-    if not args.inputs and args.list is None:
-        raise BatchError("no inputs: give image files, directories, glob patterns or --list FILE")
-    detector = Detector.load(args.model, device=_device(args.device, world, local_rank))
-    if detector.device.type == "cpu":
-        share_cores(args.workers)
-    keep = DetectionFilter(args.score_thresh, args.topk,
-                           class_indices(args.classes, detector.classes) if args.classes else None)
-    paths = find_images(args.inputs, args.list)
-    if not paths:
-        raise BatchError(f"no image files found in {' '.join(args.inputs) or args.list}")
-    out = _open_output(args, index, count)
-    options = ReadOptions(detector.config.proposals, max_pixels=args.max_pixels,
-                          min_side=args.min_side or MIN_SIDE_STRIDES * detector.backbone.stride)
-    summary = detect_files(detector, shard(paths, index, count), out, options, keep, workers=args.workers,
-                           vis_root=common_root(paths) if args.save_vis else None, progress=not args.quiet)
-    label = "detect" if count == 1 else f"shard {index}/{count}"
-    _print_summary(label, summary.done, summary.skipped, len(summary.failed))
+    job = FolderDetection(args.model, args.inputs, args.out, list_file=args.list, score_thresh=args.score_thresh,
+                          topk=args.topk, classes=args.classes, save_vis=args.save_vis, max_pixels=args.max_pixels,
+                          min_side=args.min_side, shard=args.shard, device=args.device, workers=args.workers,
+                          progress=not args.quiet)
+    summary = job.detect()
+    _print_summary(job.label, summary.done, summary.skipped, len(summary.failed))
     if summary.done:
         _print_speed(summary)
-    if world > 1:
-        return _finish_torchrun(out, detector.classes, summary, rank)
-    if count > 1:
-        return _finish_shard(out, detector.classes, summary)
-    out.merge(detector.classes, summary.failed)
-    _print_outputs(out, summary.failed)
-    return 1 if summary.failed else 0
+    merged = job.finish(summary)
+    if merged is not None:
+        if merged.done is not None:
+            _print_summary("all ranks", merged.done, merged.skipped, merged.failed)
+        elif job.count > 1:
+            print(f"all {job.count} shards are done: merged")
+        _print_outputs(job.out, merged)
+    return job.exit_status(summary, merged)
 
 
-def _open_output(args: argparse.Namespace, index: int, count: int) -> OutputDir:
-    """The --out directory of shard ``index`` of ``count``, checked against the settings it was made with."""
-    out = OutputDir(Path(args.out), index, count)
-    out.root.mkdir(parents=True, exist_ok=True)
-    out.check_settings({"model_sha1": file_sha1(args.model), "score_thresh": args.score_thresh,
-                        "topk": args.topk, "classes": list(args.classes) if args.classes else None})
-    out.done_marker.unlink(missing_ok=True)  # this shard is not done until it says so again
-    return out
-
-
-def _finish_torchrun(out: OutputDir, classes, summary: BatchSummary, rank: int) -> int:
-    done, skipped, failed = gather_counts([summary.done, summary.skipped, len(summary.failed)])
-    if rank != 0:
-        # a non-zero exit would make torchrun stop rank 0 in the middle of merging
-        return 0
-    _, failures = out.merge(classes)
-    _print_summary("all ranks", done, skipped, failed)
-    _print_outputs(out, failures)
-    return 1 if failed else 0
-
-
-def _finish_shard(out: OutputDir, classes, summary: BatchSummary) -> int:
-    out.done_marker.touch()
-    if out.all_shards_done():
-        _, failures = out.merge(classes)
-        print(f"all {out.world} shards are done: merged")
-        _print_outputs(out, failures)
-    return 1 if summary.failed else 0
-
-
-def _print_outputs(out: OutputDir, failures: dict[str, str]) -> None:
+def _print_outputs(out: OutputDir, merged: Merged) -> None:
     print(f"detections: {out.root / DETECTIONS} (COCO), {out.root / PREDICTIONS}")
-    if failures:
+    if merged.failures:
         print(f"failed images and reasons: {out.root / FAILED}")

@@ -23,7 +23,10 @@ SINGLE_SCALE = (688,)  # §4
 class ProposalConfig:
     """Selective search (§5)."""
 
-    mode: str = "fast"  # "fast" (R-CNN/SPP-net) or "quality"
+    # §5: selective search "fast" as R-CNN ran it ("rcnn_fast": selective_search_boxes.m, k in {50, 100},
+    # min size k, HSV and Lab, two strategies), OpenCV's own fast mode ("opencv_fast": k in {150, 300,
+    # 450}, min size 0: coarser, misses small objects; docs/benchmarks.md measures both) or "quality"
+    mode: str = "rcnn_fast"
     resize_width: int = 500  # R-CNN's demo runs selective search on the image resized to width 500
     min_size: int = 20  # windows narrower or shorter than this (at the proposal image size) are dropped
     max_proposals: int = 2000  # about 2,000 windows per image

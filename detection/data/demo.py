@@ -13,9 +13,6 @@ does the drawing and the JPEG encoding).
 """
 from __future__ import annotations
 
-import json
-import shutil
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +20,19 @@ import cv2
 import numpy as np
 
 from detection.core.boxes import box_iou
+from detection.data.generated import (
+    GeneratedObject,
+    blend,
+    mask_box,
+    visible_coverage,
+    write_generated_dataset,
+)
 
 DEMO_CLASSES = ("circle", "cross", "square", "star", "triangle")
 
 # Bump when the drawing changes, so that a dataset made by an older generator is not reused.
 GENERATOR_VERSION = 1
 PARAMS_FILE = "demo_dataset.json"
-JPEG_QUALITY = 90
 
 MIN_SIZE, MAX_SIZE = 30, 150  # longer side of an ordinary object's box, in pixels
 TINY_SIZES = (12, 19)  # the occasional object below the 20 px that makes it difficult
@@ -45,16 +48,6 @@ DIFFICULT_SIDE = 20  # and so are objects whose visible box has a side below thi
 MIN_COLOUR_DISTANCE = 60.0  # object vs. the background beneath it, RGB; lower is invisible, not hard
 
 
-@dataclass
-class DemoObject:
-    """One drawn shape; ``box`` is 0-based inclusive (x1, y1, x2, y2) of its visible pixels."""
-
-    name: str
-    box: tuple[int, int, int, int]
-    truncated: bool
-    difficult: bool
-
-
 def make_demo_dataset(root: str | Path, num_trainval: int = 40, num_test: int = 40, seed: int = 0,
                       image_size: tuple[int, int] = (320, 240)) -> Path:
     """Write (or reuse) the demo dataset under ``root/VOC2007`` and return that path.
@@ -63,7 +56,6 @@ def make_demo_dataset(root: str | Path, num_trainval: int = 40, num_test: int = 
     halves) and ``test``. The parameters are recorded in ``root/demo_dataset.json``; when they
     match, the existing files are reused untouched.
     """
-    root = Path(root)
     width, height = image_size
     if num_trainval < 1 or num_test < 1 or seed < 0:
         raise ValueError("make_demo_dataset: need num_trainval >= 1, num_test >= 1 and seed >= 0")
@@ -71,82 +63,11 @@ def make_demo_dataset(root: str | Path, num_trainval: int = 40, num_test: int = 
         raise ValueError(f"make_demo_dataset: image_size {image_size} is too small for {MIN_SIZE} px objects")
     params = {"generator_version": GENERATOR_VERSION, "num_trainval": num_trainval, "num_test": num_test,
               "seed": seed, "image_size": [width, height]}
-    voc = root / "VOC2007"
-    params_path = root / PARAMS_FILE
-    if _recorded_params(params_path) == params and (voc / "ImageSets" / "Main" / "test.txt").is_file():
-        return voc
-    if voc.exists() and not params_path.is_file():
-        raise FileExistsError(f"{voc}: exists but is not a demo dataset made here; remove it or pick another root")
-    # Build beside the old copy and swap it in, so an interrupted run never leaves a half dataset
-    # that a later call would mistake for a complete one.
-    partial = root / "VOC2007.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    _write_dataset(partial, num_trainval, num_test, seed, (width, height))
-    params_path.unlink(missing_ok=True)
-    shutil.rmtree(voc, ignore_errors=True)
-    partial.rename(voc)
-    params_path.write_text(json.dumps(params, indent=2) + "\n")
-    return voc
 
+    def draw(rng: np.random.Generator, index: int) -> tuple[np.ndarray, list[GeneratedObject]]:
+        return draw_image(rng, (width, height), first_class=DEMO_CLASSES[index % len(DEMO_CLASSES)])
 
-def _recorded_params(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_dataset(voc: Path, num_trainval: int, num_test: int, seed: int, size: tuple[int, int]) -> None:
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (voc / sub).mkdir(parents=True)
-    trainval = [f"{i + 1:06d}" for i in range(num_trainval)]
-    test = [f"{num_trainval + i + 1:06d}" for i in range(num_test)]
-    for split_index, ids in enumerate((trainval, test)):
-        for index, image_id in enumerate(ids):
-            # one generator per image: an image does not depend on how many others there are
-            rng = np.random.Generator(np.random.PCG64([seed, split_index, index]))
-            image, objects = draw_image(rng, size, first_class=DEMO_CLASSES[index % len(DEMO_CLASSES)])
-            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                                    [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-            if not ok:
-                raise RuntimeError(f"OpenCV could not encode {image_id}.jpg")
-            (voc / "JPEGImages" / f"{image_id}.jpg").write_bytes(jpeg.tobytes())
-            (voc / "Annotations" / f"{image_id}.xml").write_bytes(annotation_xml(image_id, size, objects))
-    half = (len(trainval) + 1) // 2
-    splits = {"trainval": trainval, "train": trainval[:half], "val": trainval[half:], "test": test}
-    for name, ids in splits.items():
-        (voc / "ImageSets" / "Main" / f"{name}.txt").write_text("".join(f"{i}\n" for i in ids))
-
-
-def annotation_xml(image_id: str, size: tuple[int, int], objects: list[DemoObject]) -> bytes:
-    """The VOC annotation file of one image; boxes written 1-based inclusive, as the devkit's."""
-    width, height = size
-    root = ET.Element("annotation")
-    _add(root, "folder", "VOC2007")
-    _add(root, "filename", f"{image_id}.jpg")
-    _add(_add(root, "source"), "database", "sppnet demo")
-    size_el = _add(root, "size")
-    for tag, value in (("width", width), ("height", height), ("depth", 3)):
-        _add(size_el, tag, value)
-    _add(root, "segmented", 0)
-    for obj in objects:
-        obj_el = _add(root, "object")
-        _add(obj_el, "name", obj.name)
-        _add(obj_el, "pose", "Unspecified")
-        _add(obj_el, "truncated", int(obj.truncated))
-        _add(obj_el, "difficult", int(obj.difficult))
-        box_el = _add(obj_el, "bndbox")
-        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), obj.box):
-            _add(box_el, tag, value + 1)
-    ET.indent(root, space="\t")
-    return ET.tostring(root, encoding="utf-8") + b"\n"
-
-
-def _add(parent: ET.Element, tag: str, text=None) -> ET.Element:
-    element = ET.SubElement(parent, tag)
-    if text is not None:
-        element.text = str(text)
-    return element
+    return write_generated_dataset(root, params, PARAMS_FILE, "sppnet demo", draw)
 
 
 @dataclass
@@ -163,7 +84,7 @@ class _Placed:
 
 
 def draw_image(rng: np.random.Generator, size: tuple[int, int],
-               first_class: str) -> tuple[np.ndarray, list[DemoObject]]:
+               first_class: str) -> tuple[np.ndarray, list[GeneratedObject]]:
     """One (H, W, 3) uint8 RGB image and its objects, in drawing order (later ones on top).
 
     The first object is of ``first_class`` so that cycling it over the images puts every class
@@ -178,7 +99,7 @@ def draw_image(rng: np.random.Generator, size: tuple[int, int],
         if shape is None:
             continue  # no room left that keeps the earlier objects visible enough
         colour = _contrasting_colour(rng, image, shape.alpha)
-        _blend(image, _shaded_layer(rng, colour, shape.polygon, size), shape.alpha)
+        blend(image, _shaded_layer(rng, colour, shape.polygon, size), shape.alpha)
         placed.append(shape)
     _draw_clutter_lines(rng, image, int(rng.integers(0, 3)), max_thickness=1)  # a few across the objects
     noisy = image + rng.normal(0, 3, image.shape)  # sensor noise, so flat regions are not flat
@@ -192,8 +113,8 @@ def _place_object(rng, name: str, size: tuple[int, int], placed: list[_Placed], 
     much of an earlier object. ``allow_hard`` lets it be tiny or cut by the image border.
     """
     max_extent = min(MAX_SIZE, int(0.7 * min(size)))
-    visible_before = _visible([p.alpha for p in placed])
-    old_boxes = np.array([_mask_box(v >= 0.5) for v in visible_before]).reshape(-1, 4)
+    visible_before = visible_coverage([p.alpha for p in placed])
+    old_boxes = np.array([mask_box(v >= 0.5) for v in visible_before]).reshape(-1, 4)
     for _ in range(PLACEMENT_TRIES):
         if allow_hard and rng.random() < TINY_PROBABILITY:
             extent = rng.uniform(*TINY_SIZES)
@@ -206,9 +127,9 @@ def _place_object(rng, name: str, size: tuple[int, int], placed: list[_Placed], 
         alpha = _coverage(polygon, size)
         if not (alpha >= 0.5).any():
             continue
-        if len(old_boxes) and box_iou(np.array([_mask_box(alpha >= 0.5)]), old_boxes).max() > MAX_BOX_IOU:
+        if len(old_boxes) and box_iou(np.array([mask_box(alpha >= 0.5)]), old_boxes).max() > MAX_BOX_IOU:
             continue
-        visible_after = _visible([p.alpha for p in placed] + [alpha])[:-1]
+        visible_after = visible_coverage([p.alpha for p in placed] + [alpha])[:-1]
         if all((v >= 0.5).sum() >= MIN_VISIBLE * p.area for v, p in zip(visible_after, placed)):
             return _Placed(name, polygon, alpha)
     return None
@@ -231,35 +152,21 @@ def _coverage(polygon: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return mask.astype(np.float64) / 255.0
 
 
-def _visible(alphas: list[np.ndarray]) -> list[np.ndarray]:
-    """Each object's coverage after the objects drawn on top of it have hidden their part."""
-    visible, above = [], 1.0
-    for alpha in reversed(alphas):
-        visible.append(alpha * above)
-        above = above * (1 - alpha)
-    return visible[::-1]
-
-
-def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    ys, xs = np.nonzero(mask)
-    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
-
-
-def _describe_objects(placed: list[_Placed], size: tuple[int, int]) -> list[DemoObject]:
+def _describe_objects(placed: list[_Placed], size: tuple[int, int]) -> list[GeneratedObject]:
     """The annotation of each drawn object: tight box of its visible pixels, truncation, difficulty.
 
     As in VOC, the box covers what can be seen; objects mostly hidden (by others or the border)
     or too small to recognise are difficult, which the evaluator neither rewards nor penalises.
     """
     objects = []
-    for shape, visible in zip(placed, _visible([p.alpha for p in placed])):
+    for shape, visible in zip(placed, visible_coverage([p.alpha for p in placed])):
         seen = visible >= 0.5
-        box = _mask_box(seen)
+        box = mask_box(seen)
         small = min(box[2] - box[0] + 1, box[3] - box[1] + 1) < DIFFICULT_SIDE
         hidden = seen.sum() < DIFFICULT_VISIBLE * shape.area
         # pixel i spans [i - 0.5, i + 0.5], so a vertex beyond -0.5 or size - 0.5 lies outside
         truncated = bool((shape.polygon < -0.5).any() or (shape.polygon > np.array(size) - 0.5).any())
-        objects.append(DemoObject(shape.name, box, truncated, bool(small or hidden)))
+        objects.append(GeneratedObject(shape.name, box, truncated, bool(small or hidden)))
     return objects
 
 
@@ -342,7 +249,7 @@ def _draw_clutter_lines(rng, image: np.ndarray, count: int, max_thickness: int) 
         mask = np.zeros((height, width), dtype=np.uint8)
         p1, p2 = (tuple(int(v) for v in np.rint(end * 16)) for end in ends)
         cv2.line(mask, p1, p2, 255, int(rng.integers(1, max_thickness + 1)), lineType=cv2.LINE_AA, shift=4)
-        _blend(image, _random_colour(rng), mask / 255.0)
+        blend(image, _random_colour(rng), mask / 255.0)
 
 
 def _draw_blob(rng, image: np.ndarray, size: tuple[int, int]) -> None:
@@ -354,7 +261,7 @@ def _draw_blob(rng, image: np.ndarray, size: tuple[int, int]) -> None:
     scale = rng.uniform(12, 45)
     centre = rng.uniform((0, 0), (width, height))
     polygon = centre + scale * np.stack([radius * np.cos(t), radius * np.sin(t)], axis=1)
-    _blend(image, _random_colour(rng), _coverage(polygon, size))
+    blend(image, _random_colour(rng), _coverage(polygon, size))
 
 
 def _contrasting_colour(rng, image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -378,13 +285,3 @@ def _shaded_layer(rng, colour: np.ndarray, polygon: np.ndarray, size: tuple[int,
     shade = 1 + rng.uniform(0.1, 0.4) * ramp
     texture = rng.normal(0, 6, (height, width, 1))
     return colour * shade[..., None] + texture
-
-
-def _blend(image: np.ndarray, layer: np.ndarray, alpha: np.ndarray) -> None:
-    """Composite ``layer`` ((H, W, 3) or one colour) over ``image`` in place, weighted by ``alpha``."""
-    # only inside alpha's bounding rectangle: strokes and shapes cover a small part of the image
-    x, y, w, h = cv2.boundingRect((alpha > 0).astype(np.uint8))
-    region = np.s_[y:y + h, x:x + w]
-    weight = alpha[region][..., None]
-    layer = np.broadcast_to(layer, image.shape)[region]
-    image[region] = np.clip(image[region] * (1 - weight) + layer * weight, 0, 255)

@@ -23,6 +23,8 @@ from detection.core.cache import Cache, atomic_write_bytes
 from detection.core.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
 from detection.evaluation.voc_eval import evaluate_detections
 from detection.core.images import load_image
+from detection.data.demo import make_demo_dataset
+from detection.data.realistic import make_realistic_dataset
 from detection.runs.test import detect_dataset
 from detection.training.trainer import Trainer
 from detection.data.voc import VOCDataset
@@ -55,6 +57,22 @@ class AblationColumn:
 
 
 COLUMNS = (AblationColumn("1-scale", SINGLE_SCALE), AblationColumn("5-scale", FIVE_SCALES))
+
+@dataclass(frozen=True)
+class GeneratedSet:
+    """A data set the ablation can generate: ``make(root, num_trainval, num_test, seed, image_size)`` -> VOC dir."""
+
+    title: str
+    make: Callable[..., Path]
+    image_size: tuple[int, int]  # (width, height)
+    num_images: int  # per split
+
+
+GENERATED_SETS = {
+    "demo": GeneratedSet("Demo set", make_demo_dataset, (320, 240), 40),
+    # issue 8's measurement size: 150 trainval + 150 test images of VOC's size
+    "realistic": GeneratedSet("Realistic set", make_realistic_dataset, (500, 375), 150),
+}
 
 # VOC's IoU 0.5 barely notices box regression on the demo's tight boxes; a stricter match shows it
 STRICT_IOU = 0.7

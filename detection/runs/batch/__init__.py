@@ -1,0 +1,56 @@
+"""Detection over many image files (``sppnet detect``): inputs, pipelined proposals, streamed and resumable outputs, shards.
+
+The modules: :mod:`.inputs` (finding, listing and sharding files), :mod:`.pipeline` (reading and
+proposals in worker processes), :mod:`.records` (filters and jsonl records), :mod:`.outputs` (the
+``OUT`` directory: stream, failures, resume, merge), :mod:`.run` (the loop of one process),
+:mod:`.distributed` (torchrun) and :mod:`.folder` (a whole run from Python: :func:`detect_folder`).
+
+The work flows in two stages. A pool of worker processes (:mod:`proposals.pool`) reads each image
+(:func:`load_image`: EXIF orientation, grayscale, palette, alpha, 16-bit, CMYK) and runs selective
+search on it; the main process runs the conv layers and scores the windows. At most two images per
+worker are in flight, so workers stay busy while memory stays bounded, and the main process only
+waits when the workers cannot keep up; that waiting time is measured and reported.
+
+Outputs under ``OUT``:
+
+- ``predictions.jsonl``: one line per image as soon as it is done (flushed, so a crash loses
+  nothing finished): ``{"file", "width", "height", "detections": [{"box": [x1, y1, x2, y2],
+  "score", "label"}]}``, absolute file paths, 0-based inclusive pixel boxes, scores as the model
+  gives them (SVM margins: 0 is the decision boundary);
+- ``detections.json``: the same in COCO format (:mod:`detection.data.coco`), rebuilt from the jsonl
+  lines at the end of every run, one image per file (ids 1..N in file order), so it never holds
+  an image twice;
+- ``failed.tsv``: ``path<TAB>reason`` of each image that failed, one line each;
+- ``vis/``: with ``save_vis``, each image with its detections drawn, at its path relative to the
+  deepest directory holding all inputs;
+- ``run.json``: the model's hash and the filters. A rerun with the same ``OUT`` skips the images
+  already in the jsonl (failed ones are tried again); it refuses other settings, which would mix
+  two kinds of results in one file.
+
+Sharding: shard ``i`` of ``n`` takes every n-th file of the sorted input list from the i-th on, and
+streams to ``parts/shard<i>-of-<n>.jsonl`` (failures to ``.failed.tsv``) instead of
+``predictions.jsonl``. The shards are merged into ``predictions.jsonl``, ``detections.json`` and
+``failed.tsv`` by rank 0 after a barrier under ``torchrun``, or, for independent ``--shard`` runs,
+by whichever shard finishes last (each leaves a ``.done`` marker; merging twice is harmless).
+Parts are kept after merging, as another shard may still be appending to its own.
+"""
+from detection.runs.batch.distributed import distributed_env, gather_counts
+from detection.runs.batch.errors import BatchError
+from detection.runs.batch.folder import MIN_SIDE_STRIDES, FolderDetection, Merged, detect_folder
+from detection.runs.batch.inputs import common_root, find_images, read_list_file, shard
+from detection.runs.batch.outputs import (
+    DETECTIONS, FAILED, PARTS, PREDICTIONS, SETTINGS, VIS, OutputDir, PredictionStream, file_sha1, read_failures,
+    read_records, write_failures,
+)
+from detection.runs.batch.pipeline import Prepared, ProposalPipeline, ReadOptions, prepare_image
+from detection.runs.batch.records import DetectionFilter, class_indices, prediction_record, record_detections
+from detection.runs.batch.run import BatchSummary, detect_files, share_cores
+
+__all__ = [
+    "BatchError", "BatchSummary", "DETECTIONS", "DetectionFilter", "FAILED", "FolderDetection", "MIN_SIDE_STRIDES",
+    "Merged", "OutputDir", "PARTS", "PREDICTIONS", "PredictionStream", "Prepared", "ProposalPipeline",
+    "ReadOptions", "SETTINGS", "VIS", "class_indices", "common_root", "detect_files", "detect_folder",
+    "distributed_env", "file_sha1", "find_images", "gather_counts", "prediction_record", "prepare_image",
+    "read_failures", "read_list_file", "read_records", "record_detections", "shard", "share_cores",
+    "write_failures",
+]

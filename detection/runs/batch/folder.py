@@ -1,0 +1,130 @@
+"""A whole `sppnet detect` from Python: inputs found, the model loaded, shards and torchrun ranks merged.
+
+:func:`detect_folder` does it in one call. :class:`FolderDetection` does the same in two steps,
+:meth:`~FolderDetection.detect` (this process's images) and :meth:`~FolderDetection.finish` (the
+merge of every shard's outputs, by the process whose turn it is), for a front end that reports
+between them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from detection.core.images import DEFAULT_MAX_PIXELS
+from detection.detector import Detector, default_device
+from detection.runs.batch.distributed import distributed_env, gather_counts
+from detection.runs.batch.errors import BatchError
+from detection.runs.batch.inputs import common_root, find_images, shard
+from detection.runs.batch.outputs import OutputDir, file_sha1
+from detection.runs.batch.pipeline import ReadOptions
+from detection.runs.batch.records import DetectionFilter, class_indices
+from detection.runs.batch.run import BatchSummary, detect_files, share_cores
+
+# Images whose shorter side is below this many conv strides are refused: they hold fewer than 2x2
+# cells' worth of real pixels, so the rescale to the test scale (688 px) would be pure interpolation.
+MIN_SIDE_STRIDES = 2
+
+
+@dataclass
+class Merged:
+    """The outputs of every shard merged: counts over all of them and the images that failed in the end.
+
+    ``done``, ``skipped`` and ``failed`` are summed over torchrun's ranks; for independent
+    ``--shard`` runs they are None (each shard reported its own).
+    """
+
+    failures: dict[str, str] = field(default_factory=dict)
+    done: int | None = None
+    skipped: int | None = None
+    failed: int | None = None
+
+
+class FolderDetection:
+    """Detection over ``inputs`` (files, directories, glob patterns; ``list_file``) into ``out``.
+
+    ``shard=(i, n)`` takes shard i of n of the sorted inputs; under torchrun (RANK/WORLD_SIZE set)
+    the rank and world size pick the shard and ``device="cuda"`` means the rank's local GPU.
+    ``score_thresh``, ``topk`` and ``classes`` (names) filter the detections; ``min_side``
+    defaults to :data:`MIN_SIDE_STRIDES` conv strides. Errors in the inputs, the model or
+    ``out`` (made with other settings) are raised here, before any image is read.
+    """
+
+    def __init__(self, model: str | os.PathLike, inputs: Sequence[str], out: str | os.PathLike, *,
+                 list_file: str | os.PathLike | None = None, score_thresh: float | None = None,
+                 topk: int | None = None, classes: Sequence[str] | None = None, save_vis: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None,
+                 shard: tuple[int, int] | None = None, device: str | None = None, workers: int = 1,
+                 progress: bool = True):
+        self.rank, self.world, local_rank = distributed_env()
+        if self.world > 1 and shard is not None:
+            raise BatchError("--shard cannot be combined with torchrun's RANK/WORLD_SIZE: use one or the other")
+        self.index, self.count = shard or (self.rank, self.world)
+        if not inputs and list_file is None:
+            raise BatchError("no inputs: give image files, directories, glob patterns or --list FILE")
+        self.detector = Detector.load(model, device=_device(device, self.world, local_rank))
+        if self.detector.device.type == "cpu":
+            share_cores(workers)
+        self.keep = DetectionFilter(score_thresh, topk, class_indices(classes, self.detector.classes) if classes else None)
+        self.paths = find_images(inputs, list_file)
+        if not self.paths:
+            raise BatchError(f"no image files found in {' '.join(map(str, inputs)) or list_file}")
+        self.out = OutputDir(Path(out), self.index, self.count)
+        self.out.root.mkdir(parents=True, exist_ok=True)
+        self.out.check_settings({"model_sha1": file_sha1(model), "score_thresh": score_thresh, "topk": topk,
+                                 "classes": list(classes) if classes else None})
+        self.out.done_marker.unlink(missing_ok=True)  # this shard is not done until it says so again
+        self.options = ReadOptions(self.detector.config.proposals, max_pixels=max_pixels,
+                                   min_side=min_side or MIN_SIDE_STRIDES * self.detector.backbone.stride)
+        self.workers = workers
+        self.vis_root = common_root(self.paths) if save_vis else None
+        self.progress = progress
+
+    @property
+    def label(self) -> str:
+        return "detect" if self.count == 1 else f"shard {self.index}/{self.count}"
+
+    def detect(self) -> BatchSummary:
+        """Detect in this process's shard of the inputs (skipping those done by an earlier run)."""
+        return detect_files(self.detector, shard(self.paths, self.index, self.count), self.out, self.options,
+                            self.keep, workers=self.workers, vis_root=self.vis_root, progress=self.progress)
+
+    def finish(self, summary: BatchSummary) -> Merged | None:
+        """Merge every shard's outputs if it falls to this process; None when another one merges.
+
+        Under torchrun every rank waits for all at a barrier and rank 0 merges; of independent
+        shards, the one that finishes last merges (merging twice is harmless).
+        """
+        classes = self.detector.classes
+        if self.world > 1:
+            done, skipped, failed = gather_counts([summary.done, summary.skipped, len(summary.failed)])
+            return Merged(self.out.merge(classes)[1], done, skipped, failed) if self.rank == 0 else None
+        if self.count > 1:
+            self.out.done_marker.touch()
+            return Merged(self.out.merge(classes)[1]) if self.out.all_shards_done() else None
+        return Merged(self.out.merge(classes, summary.failed)[1])
+
+    def exit_status(self, summary: BatchSummary, merged: Merged | None) -> int:
+        """`sppnet detect`'s exit status: 1 when an image failed, else 0.
+
+        Under torchrun it counts every rank's images on rank 0, and other ranks exit 0: a non-zero
+        exit would make torchrun stop rank 0 in the middle of merging.
+        """
+        if self.world > 1:
+            return 1 if merged is not None and merged.failed else 0
+        return 1 if summary.failed else 0
+
+
+def detect_folder(model: str | os.PathLike, inputs: Sequence[str], out: str | os.PathLike,
+                  **options) -> tuple[BatchSummary, Merged | None]:
+    """Run :class:`FolderDetection` (same arguments) to the end: this process's summary and the merge, if its own."""
+    job = FolderDetection(model, inputs, out, **options)
+    summary = job.detect()
+    return summary, job.finish(summary)
+
+
+def _device(requested: str | None, world: int, local_rank: int) -> str:
+    device = requested or default_device()
+    # one GPU per rank when torchrun starts several on a machine
+    return f"cuda:{local_rank}" if device == "cuda" and world > 1 else device

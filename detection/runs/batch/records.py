@@ -1,0 +1,53 @@
+"""The filters a batch applies to each image's detections, and its ``predictions.jsonl`` records."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from detection.core.detections import Detections
+from detection.runs.batch.errors import BatchError
+
+
+@dataclass(frozen=True)
+class DetectionFilter:
+    """Keep detections scoring at least ``min_score``, of the class indices ``labels``, at most ``topk`` per image."""
+
+    min_score: float | None = None
+    topk: int | None = None
+    labels: tuple[int, ...] | None = None
+
+    def __call__(self, dets: Detections) -> Detections:
+        keep = np.ones(len(dets), dtype=bool)
+        if self.min_score is not None:
+            keep &= np.asarray(dets.scores) >= self.min_score
+        if self.labels is not None:
+            keep &= np.isin(dets.labels, self.labels)
+        order = np.flatnonzero(keep)
+        order = order[np.argsort(-np.asarray(dets.scores)[order], kind="stable")][: self.topk]
+        return Detections(np.asarray(dets.boxes)[order], np.asarray(dets.scores)[order],
+                          np.asarray(dets.labels)[order])
+
+
+def class_indices(names: Sequence[str], classes: Sequence[str]) -> tuple[int, ...]:
+    """Class names -> their indices in the model's ``classes``; an unknown name is a BatchError."""
+    unknown = [name for name in names if name not in classes]
+    if unknown:
+        raise BatchError(f"--classes: {', '.join(unknown)} not among the model's classes ({', '.join(classes)})")
+    return tuple(classes.index(name) for name in names)
+
+
+def prediction_record(path: str, image_size: tuple[int, int], dets: Detections, classes: Sequence[str]) -> dict:
+    """One ``predictions.jsonl`` line (as a dict); ``image_size`` is (height, width)."""
+    return {"file": path, "width": int(image_size[1]), "height": int(image_size[0]), "detections": [
+        {"box": [round(float(v), 2) for v in box], "score": float(score), "label": classes[int(label)]}
+        for box, score, label in zip(dets.boxes, dets.scores, dets.labels)]}
+
+
+def record_detections(record: dict, classes: Sequence[str]) -> Detections:
+    """A ``predictions.jsonl`` record's detections, labels as indices into ``classes``."""
+    items = record["detections"]
+    return Detections(np.array([d["box"] for d in items], dtype=np.float64).reshape(-1, 4),
+                      np.array([d["score"] for d in items], dtype=np.float64),
+                      np.array([classes.index(d["label"]) for d in items], dtype=np.int64))
