@@ -9,7 +9,7 @@ from detection.data.demo import make_demo_dataset
 from detection.detector import Detector
 from detection.runs.test import test_model
 from detection.training.stages import STAGES, StageError, parse_stages
-from detection.training.trainer import Trainer
+from detection.training.trainer import Trainer, TrainingError
 from detection.data.voc import VOCDataset
 from tools.cli import main
 
@@ -143,6 +143,28 @@ def test_every_feature_layer_trains_and_tests_end_to_end(voc, tmp_path, first_ru
     boxes = np.array([[0, 0, 50, 40], [20, 10, 100, 90]], dtype=np.float64)
     a, b = detector.features(maps, boxes, size), loaded.features(maps, boxes, size)
     assert torch.equal(a.svm, b.svm) and torch.equal(a.pool5, b.pool5)
+
+
+def test_softmax_scoring_skips_the_svms_and_scores_with_fc8(voc, tmp_path, first_run):
+    config = TINY.replace(test={"scoring": "softmax"})
+    detector, trainer, lines = train(config, voc, tmp_path, first_run[1])
+    assert "svm" not in ran(lines) and detector.svm_weights is None and detector.feature_scale is None
+    test_set = VOCDataset(voc, "test", classes=detector.classes)
+    metrics = test_model(detector, test_set, tmp_path / "test", trainer.cache, progress=False)
+    assert 0.0 <= metrics["mAP"] <= 1.0
+    maps, size = detector.extractor.maps(test_set[0].image_id, None)
+    boxes = np.array([[0, 0, 50, 40], [20, 10, 100, 90]], dtype=np.float64)
+    features = detector.features(maps, boxes, size)
+    with torch.no_grad():
+        expected = torch.softmax(detector.head(features.pool5), dim=1)[:, 1:]
+    torch.testing.assert_close(detector.score(features), expected)
+    assert detector.score_threshold == config.test.softmax_threshold
+    loaded = Detector.load(tmp_path / "model.pt", device="cpu", cache=trainer.cache)
+    assert test_model(loaded, test_set, tmp_path / "test2", trainer.cache, progress=False) == metrics
+    with pytest.raises(TrainingError, match="softmax scoring reads the fine-tuned head's fc8 on ftfc7, not pool5"):
+        train(config.replace(svm={"feature_layer": "pool5"}), voc, tmp_path / "pool5", first_run[1])
+    with pytest.raises(TrainingError, match="unknown scoring 'vote'"):
+        train(TINY.replace(test={"scoring": "vote"}), voc, tmp_path / "vote", first_run[1])
 
 
 def test_vgg16_head_without_a_7x7_level_is_a_clear_error(voc, tmp_path, monkeypatch):

@@ -128,7 +128,12 @@ class BBoxConfig:
 class TestConfig:
     """Test time (§9)."""
 
+    # "svm": per-class linear SVMs on ``svm.feature_layer`` (R-CNN and SPP-net, §7); "softmax": the
+    # fine-tuned head's own (K+1)-way softmax with the background column dropped (Fast R-CNN found
+    # the two equal): needs feature layer ftfc7, and training skips the SVM stage
+    scoring: str = "svm"
     score_threshold: float = -1.5  # SVM margin units
+    softmax_threshold: float = 0.001  # class probability, for scoring "softmax"
     nms_iou: float = 0.3
     max_per_image: int = 100
 

@@ -33,6 +33,7 @@ from detection.core.images import load_image
 from detection.data.voc import VOCDataset
 from detection.detector import (
     Detector,
+    check_scoring,
     default_device,
     head_from_state,
     head_layer,
@@ -115,6 +116,10 @@ class TrainingRun:
     def __init__(self, trainer: Trainer, dataset: VOCDataset):
         cfg = self.config = trainer.config
         head_layer(cfg.svm.feature_layer)  # an unknown layer fails here, before any work
+        try:
+            check_scoring(cfg)
+        except ValueError as err:
+            raise TrainingError(str(err)) from None
         if cfg.svm.feature_layer.startswith("ft") and cfg.features.mode != "spp":
             raise TrainingError("fine-tuning reads cached conv maps: use --mode spp with an ft* feature layer")
         self.work_dir = trainer.work_dir
@@ -345,7 +350,10 @@ class TrainingRun:
         if missing:
             self._say(f"model.pt not written: no output of stage(s) {', '.join(missing)} for this configuration yet")
             return None
-        svm, _ = self.store.load("svm", self.fingerprints["svm"])
+        svm = {"coef": None, "intercept": None, "feature_scale": None}
+        if not skip_reason("svm", self.config):
+            svm, _ = self.store.load("svm", self.fingerprints["svm"])
+            svm["feature_scale"] = float(svm["feature_scale"])
         regressor, bbox_scale = None, None
         if self.config.bbox.enabled:
             state, _ = self.store.load("bbox", self.fingerprints["bbox"])
@@ -353,7 +361,7 @@ class TrainingRun:
             bbox_scale = state.pop("feature_scale")
             regressor = BoxRegressor.from_state(state)
         detector = Detector(self.config, self.dataset.classes, self.backbone, svm["coef"], svm["intercept"],
-                            float(svm["feature_scale"]), regressor, device=self.device, cache=self.cache,
+                            svm["feature_scale"], regressor, device=self.device, cache=self.cache,
                             head=self._svm_head(), bbox_feature_scale=bbox_scale)
         detector.save(self.work_dir / "model.pt")
         self._say(f"model: {self.work_dir / 'model.pt'}", console=False)
