@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detection.core.config import FinetuneConfig
+from detection.core.config import FRESH_FC_WIDTH, FinetuneConfig
 from features.backbones import Backbone
 from features.spp import spp_output_dim
 
@@ -150,7 +150,7 @@ def build_head(backbone: Backbone, levels: Sequence[int], config: FinetuneConfig
 
     With ``pretrained`` and a backbone carrying ``pretrained_head`` and ``head_grid`` (alexnet,
     vgg16), fc6 is the widened pretrained fc6 (:func:`widen_fc6`) and fc7 a copy of the pretrained
-    fc7; otherwise both are fresh. Random initialisation (fresh fc6/fc7, fc8) is seeded by
+    fc7; otherwise both are fresh, ``config.hidden`` wide (``FRESH_FC_WIDTH`` when None). Random initialisation (fresh fc6/fc7, fc8) is seeded by
     ``config.seed`` without touching the global RNG.
 
     Raises:
@@ -162,14 +162,15 @@ def build_head(backbone: Backbone, levels: Sequence[int], config: FinetuneConfig
     widen = pretrained and source is not None and grid is not None
     if widen:
         fc6, fc7 = _pretrained_fc6_fc7(source)
-        if fc6.out_features != config.hidden:
+        if config.hidden not in (None, fc6.out_features):
             raise ValueError(f"{backbone.name}'s pretrained fc6/fc7 are {fc6.out_features} wide; set the fine-tuning "
                              f"hidden width to {fc6.out_features} or train fresh fc layers")
         # .cpu(): the backbone may already sit on an accelerator (the extractor moves it there)
         widened_fc6 = widen_fc6(fc6, backbone.channels, grid, levels).cpu()
+    hidden = fc6.out_features if widen else config.hidden or FRESH_FC_WIDTH
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(config.seed)  # the CPU generator only: the head is built on the CPU
-        head = FCHead(spp_output_dim(backbone.channels, levels), config.hidden, num_classes, config.dropout,
+        head = FCHead(spp_output_dim(backbone.channels, levels), hidden, num_classes, config.dropout,
                       config.fc8_init_std, config.init)
     if widen:
         head.fc6 = widened_fc6

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detection.core.config import FinetuneConfig
+from detection.core.config import FRESH_FC_WIDTH, FinetuneConfig
 from features.backbones import build_backbone
 from features.head import FCHead, build_head, widen_fc6
 from features.spp import spatial_pyramid_pool, spp_output_dim
@@ -157,6 +157,9 @@ def test_build_head_widens_a_pretrained_classifier(zf5, monkeypatch):
     assert fresh.fc6.weight.count_nonzero() == fresh.fc6.weight.numel()
     with pytest.raises(ValueError, match="64 wide"):
         build_head(zf5, LEVELS, FinetuneConfig(hidden=32), num_classes=5)
+    # the default width is the pretrained head's own; a fresh head gets FRESH_FC_WIDTH
+    assert build_head(zf5, LEVELS, FinetuneConfig(), num_classes=5).hidden == hidden
+    assert build_head(zf5, LEVELS, FinetuneConfig(), num_classes=5, pretrained=False).hidden == FRESH_FC_WIDTH
     with pytest.raises(ValueError, match="no 6×6 level"):
         build_head(zf5, (1, 2, 4), config, num_classes=5)
 
@@ -170,6 +173,8 @@ def test_build_head_fresh_is_seeded(zf5):
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
     assert not torch.equal(first.fc6.weight, other.fc6.weight)
     assert first.in_dim == zf5.channels * 5 and first.hidden == 32 and first.fc8.out_features == 5
+    gaussian = build_head(zf5, (1, 2), FinetuneConfig(hidden=32, init="gaussian"), num_classes=4)
+    assert torch.equal(gaussian.fc6.bias, torch.full((32,), 0.1))  # config.init reaches the fresh layers
 
 
 def test_build_head_on_torchvision_alexnet():

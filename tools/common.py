@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from detection.core.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
+from detection.core.config import FIVE_SCALES, FRESH_FC_WIDTH, SINGLE_SCALE, SPPConfig
 from detection.detector import FEATURE_LAYERS
 from features.backbones import BACKBONES
 from proposals.selective_search import PROPOSAL_MODES
@@ -76,7 +76,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                    help="scale of each fine-tuning window: random (official code) or chosen by --scale-rule "
                         "(default: %(default)s)")
     g.add_argument("--finetune-hidden", type=int, default=d.finetune.hidden,
-                   help="fc6/fc7 width of a fresh head (a pretrained one fixes it; default: %(default)s)")
+                   help="fc6/fc7 width (default: a pretrained head's own, 4096, else "
+                        f"{FRESH_FC_WIDTH}; the paper's is 4096)")
     g.add_argument("--finetune-checkpoint-every", type=int, default=d.finetune.checkpoint_every,
                    help="iterations between fine-tuning checkpoints, from which an interrupted run resumes "
                         "(default: %(default)s)")

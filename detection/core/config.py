@@ -17,6 +17,10 @@ from typing import Any
 
 FIVE_SCALES = (480, 576, 688, 864, 1200)  # §4, paper; the official code uses 874 for 864
 SINGLE_SCALE = (688,)  # §4
+# Width of fresh fc6/fc7 (a backbone without a pretrained head). The paper's 4096 made the head
+# cost 2.4x the conv layers at detection on a CPU and overfit 150 training images; measured
+# (accuracy and pool+fc time per image) in docs/results.md, "Fine-tuned head on the realistic set".
+FRESH_FC_WIDTH = 512
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,9 @@ class FeatureConfig:
 class FinetuneConfig:
     """Fine-tuning fc6 → fc7 → (K+1)-way fc8 on SPP features, conv layers frozen (§6)."""
 
-    hidden: int = 4096  # fc6 and fc7 widths
+    # fc6 and fc7 widths; None: a pretrained head's own (4096 for alexnet, vgg16, as the paper),
+    # else FRESH_FC_WIDTH
+    hidden: int | None = None
     dropout: float = 0.5
     fc8_init_std: float = 0.01  # new fc8 ~ N(0, 0.01²)
     # fresh fc6/fc7 (no pretrained head): "pytorch", "gaussian" (Caffe's N(0, 0.005²)), "kaiming"
