@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from detection.core.boxes import apply_bbox_deltas, batched_nms, clip_boxes
 from detection.core.cache import Cache, atomic_write_bytes
-from detection.core.config import SPPConfig
+from detection.core.config import FEATURE_LAYERS, TEST_TIME_SECTIONS, ConfigError, SPPConfig
 from detection.core.errors import SppnetError
 from detection.core.images import as_rgb_array
 from detection.core.detections import Detections
@@ -39,12 +41,34 @@ from svm.bbox_regression import BoxRegressor
 
 MODEL_FORMAT = 2  # 2: fc head, feature layer and the pool5 scale of box regression
 
-FEATURE_LAYERS = ("pool5", "fc6", "fc7", "ftfc6", "ftfc7")
-SCORINGS = ("svm", "softmax")  # config.test.scoring
+
+class DeviceError(SppnetError, ValueError):
+    """A device that this machine does not have."""
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """"auto" (or None): CUDA when available, else the CPU; otherwise the device named, which must exist.
+
+    Raises DeviceError (one line) for a CUDA device on a machine without CUDA or without that GPU.
+    """
+    if device is None or device == "auto":
+        return torch.device(default_device())
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise DeviceError(f"unknown device {device!r} ({err}); use auto, cpu or cuda") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeviceError(f"device {str(device)!r} requested but {why}; use cpu or auto")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {str(device)!r} requested but there are only "
+                              f"{torch.cuda.device_count()} CUDA GPUs")
+    return resolved
 
 
 def state_hash(module: torch.nn.Module) -> str:
@@ -69,9 +93,7 @@ def head_layer(feature_layer: str) -> str | None:
 
 
 def check_scoring(config: SPPConfig) -> None:
-    """ValueError unless ``config.test.scoring`` is known and, for softmax, reads the fine-tuned fc7."""
-    if config.test.scoring not in SCORINGS:
-        raise ValueError(f"unknown scoring {config.test.scoring!r}; choose one of {', '.join(SCORINGS)}")
+    """ValueError unless softmax scoring (config.test.scoring) reads the fine-tuned fc7."""
     if config.test.scoring == "softmax" and config.svm.feature_layer != "ftfc7":
         raise ValueError(f"softmax scoring reads the fine-tuned head's fc8 on ftfc7, not {config.svm.feature_layer}")
 
@@ -126,7 +148,7 @@ class Detector:
 
     def __init__(self, config: SPPConfig, classes: tuple[str, ...], backbone: Backbone,
                  svm_weights: np.ndarray | None, svm_bias: np.ndarray | None, feature_scale: float | None,
-                 regressor: BoxRegressor | None = None, device: str | torch.device | None = None,
+                 regressor: BoxRegressor | None = None, device: str | torch.device | None = "auto",
                  cache: Cache | None = None, head: FCHead | None = None, bbox_feature_scale: float | None = None):
         if (head_layer(config.svm.feature_layer) is None) != (head is None):
             raise ValueError(f"feature layer {config.svm.feature_layer} needs "
@@ -142,7 +164,7 @@ class Detector:
                              "feature scale")
         self.config = config
         self.classes = tuple(classes)
-        self.device = torch.device(device or default_device())
+        self.device = resolve_device(device)
         self.extractor = build_extractor(backbone, config.features, self.device, cache=cache,
                                          weights_id=weights_id(backbone))
         self.head = None if head is None else head.to(self.device).eval()
@@ -254,7 +276,13 @@ class Detector:
         atomic_write_bytes(Path(path), buffer.getvalue())
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None, cache: Cache | None = None) -> Detector:
+    def load(cls, path: str | Path, device: str | torch.device | None = "auto", cache: Cache | None = None,
+             overrides: Mapping[str, Any] | None = None) -> Detector:
+        """The detector saved in ``path``, on ``device`` ("auto": CUDA when available, else the CPU).
+
+        ``overrides``: dotted test-time options replacing the model's (``{"test.nms_iou": 0.4}``),
+        only ``proposals.*`` and ``test.*`` (see :meth:`SPPConfig.override`); a bad one raises ConfigError.
+        """
         path = Path(path)
         if not path.is_file():
             raise ModelFileError(f"{path}: model file not found (train one with `sppnet train`)")
@@ -264,7 +292,11 @@ class Detector:
             raise ModelFileError(f"{path}: not an sppnet model file ({type(err).__name__}: {err})") from None
         if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
             raise ModelFileError(f"{path}: not an sppnet model file of format {MODEL_FORMAT}")
-        config = SPPConfig.from_dict(state["config"])
+        try:
+            config = SPPConfig.from_dict(state["config"])
+        except ConfigError as err:
+            raise ModelFileError(f"{path}: its config does not fit this version of sppnet: {err}") from None
+        config = config.override(overrides or {}, sections=TEST_TIME_SECTIONS)
         backbone = build_backbone(state["backbone"], pretrained=False)
         backbone.load_state_dict(state["backbone_state"])
         regressor = None if state["regressor"] is None else BoxRegressor.from_state(state["regressor"])

@@ -27,10 +27,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from detection.core.config import BACKBONES
 from detection.core.errors import SppnetError
 from features.receptive_field import conv_geometry
-
-BACKBONES = ("efficientnet_lite0", "alexnet", "vgg16", "zf5")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's RGB statistics, for pixels in [0, 1]
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -40,16 +40,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from detection.core.cache import atomic_write_bytes
-from detection.core.config import FinetuneConfig, fingerprint
+from detection.core.config import SCHEDULES, FinetuneConfig, fingerprint
 from features.head import FCHead
 
-# name: (base learning rate, iterations after which the rate drops ×0.1, the schedule's length)
-SCHEDULES = {
-    "official": (1e-3, (30_000, 60_000), 90_000),
-    "paper": (1e-4, (250_000,), 300_000),
-}
 LR_GAMMA = 0.1
-SCALE_SAMPLING = ("random", "chosen")
 LOG_EVERY = 50  # iterations per logged (and recorded) average
 CHECKPOINT_NAME = "finetune_checkpoint.pt"
 
@@ -58,25 +52,17 @@ PoolFn = Callable[[int, np.ndarray, np.ndarray | None], torch.Tensor]
 
 def schedule_steps(config: FinetuneConfig) -> tuple[int, ...]:
     """The iterations (0-based) from which the learning rate is ×0.1 lower, scaled to ``config.iterations``."""
-    _, steps, length = _schedule(config.schedule)
+    _, steps, length = SCHEDULES[config.schedule]
     return tuple(step * config.iterations // length for step in steps)
 
 
 def learning_rate(config: FinetuneConfig, iteration: int) -> float:
     """Base learning rate (weights; biases get ×``bias_lr_multiplier``) at 0-based ``iteration``.
 
-    The schedule's base rate unless ``config.base_lr`` sets another; the steps are the schedule's.
+    It starts at ``config.base_lr``, or the schedule's when that is None.
     """
-    base, _, _ = _schedule(config.schedule)
-    if config.base_lr is not None:
-        base = config.base_lr
+    base = SCHEDULES[config.schedule][0] if config.base_lr is None else config.base_lr
     return base * LR_GAMMA ** bisect.bisect_right(schedule_steps(config), iteration)
-
-
-def _schedule(name: str) -> tuple[float, tuple[int, ...], int]:
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown fine-tuning schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-    return SCHEDULES[name]
 
 
 class WindowSampler:
@@ -184,11 +170,6 @@ class FineTuner:
                  progress: bool = False):
         if head.fc8 is None:
             raise ValueError("the head to fine-tune needs an fc8 (build it with num_classes)")
-        if config.scale_sampling not in SCALE_SAMPLING:
-            raise ValueError(f"unknown scale sampling {config.scale_sampling!r}; choose one of {SCALE_SAMPLING}")
-        if config.checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be at least 1, got {config.checkpoint_every}")
-        _schedule(config.schedule)  # an unknown schedule fails here, not after the data is set up
         self.head = head
         # taken now: after an interrupted fit() the head holds half-trained weights
         self.initial_digest = _state_digest(head)
@@ -303,8 +284,7 @@ class FineTuner:
         The initial weights tell a widened pretrained head from a fresh one, which no setting in
         ``config`` records.
         """
-        settings = dataclasses.replace(self.config, checkpoint_every=0)  # where checkpoints fall changes no weight
-        return fingerprint(settings, self.initial_digest, num_scales, sampler.digest())
+        return fingerprint(self.config.weight_settings(), self.initial_digest, num_scales, sampler.digest())
 
     def _save(self, run: str, done: int, optimizer: torch.optim.Optimizer, rng: np.random.Generator,
               meter: _Meter) -> None:

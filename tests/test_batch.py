@@ -1,5 +1,6 @@
 """`sppnet detect` over folders: inputs, bad files, outputs, resume, shards, torchrun, the Python API."""
 import contextlib
+import errno
 import io
 import json
 import os
@@ -13,8 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from detection.runs.batch import DetectionFilter, ProposalPipeline, ReadOptions, find_images, read_records, shard
+from detection.runs.batch import (
+    BatchError, DetectionFilter, OutputDir, PredictionStream, ProposalPipeline, ReadOptions, find_images, prediction_record,
+    read_records, shard,
+)
 from detection.runs.batch.outputs import _truncate_torn_line
+from detection.runs.batch.refilter import refilter
 from detection.core.config import ProposalConfig, SPPConfig
 from detection.detector import Detector
 from detection.core.detections import Detections
@@ -352,3 +357,226 @@ def test_torchrun_two_processes_equal_one(photos, single, model_path, tmp_path):
     assert_same_coco(coco(out), coco(single[0]))
     assert failures(out) == failures(single[0])
     assert sorted(jsonl_files(out)) == sorted(jsonl_files(single[0]))
+
+
+# -- processes that clean up, outputs that are complete -------------------------------------------------
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_out_stops_naming_the_first(model_path, tmp_path, capsys):
+    image = save(tmp_path / "in" / "a.png", Image.fromarray(scene(*IMAGE_SIZE, 0)))
+    out = tmp_path / "out"
+    held = OutputDir(out).lock()  # as a running `sppnet detect` holds it
+    try:
+        assert detect(model_path, out, image) == 2
+    finally:
+        held.close()
+    error = capsys.readouterr().err.strip()
+    assert error == (f"sppnet detect: error: {out}: in use by another sppnet detect (pid {os.getpid()}) writing "
+                     "predictions.jsonl; wait for it to end or use another --out")
+    assert not (out / "predictions.jsonl").exists()
+    # another shard writes another stream: not locked out; the same shard is
+    with OutputDir(out, 1, 2).lock():
+        assert detect(model_path, out, image, extra=["--shard", "0/2"]) == 0
+        assert detect(model_path, out, image, extra=["--shard", "1/2"]) == 2
+    assert detect(model_path, out, image) == 0  # released when its holder is done
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_a_picture_leaves_that_image_to_redo(model_path, tmp_path, monkeypatch, capsys):
+    import detection.core.cache as cache_module
+
+    folder = tmp_path / "in"
+    images = [save(folder / f"{name}.png", Image.fromarray(scene(*IMAGE_SIZE, seed))) for seed, name in enumerate("abc")]
+    out = tmp_path / "out"
+    real_mkstemp = cache_module.tempfile.mkstemp
+    pictures = []
+
+    def full_at_the_second_picture(dir, **kwargs):
+        if Path(dir).name == "vis":
+            pictures.append(dir)
+            if len(pictures) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_mkstemp(dir=dir, **kwargs)
+
+    monkeypatch.setattr(cache_module.tempfile, "mkstemp", full_at_the_second_picture)
+    assert detect(model_path, out, folder, extra=["--save-vis"]) == 2
+    assert f"No space left on device: '{out / 'vis' / 'b.png'}'" in capsys.readouterr().err
+    assert jsonl_files(out) == [str(images[0])]  # b's record was never written without its picture
+    monkeypatch.undo()
+    assert detect(model_path, out, folder, extra=["--save-vis"]) == 0
+    assert sorted(jsonl_files(out)) == [str(p) for p in images]
+    assert sorted(p.name for p in (out / "vis").iterdir()) == ["a.png", "b.png", "c.png"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("detections.json", "failed.tsv", "run.json", "predictions.jsonl", "vis/a.png"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_a_full_disk_at_a_record_names_the_file(tmp_path):
+    stream = PredictionStream(tmp_path / "predictions.jsonl")
+
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    stream._file.close()
+    stream._file = FullDisk()
+    with pytest.raises(OSError, match=r"No space left on device: '.*predictions\.jsonl'"):
+        stream.write({"file": "x"})
+
+
+# -- video input ------------------------------------------------------------------------------------------
+
+def write_video(path: Path, frames: int, fps: float = 10.0) -> list[np.ndarray]:
+    """An MJPG .avi (a codec OpenCV writes and reads offline) of ``frames`` scenes; their RGB frames as read back."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, IMAGE_SIZE)
+    assert writer.isOpened()
+    for seed in range(frames):
+        writer.write(cv2.cvtColor(scene(*IMAGE_SIZE, 20 + seed), cv2.COLOR_RGB2BGR))
+    writer.release()
+    capture = cv2.VideoCapture(str(path))
+    decoded = []
+    while (frame := capture.read())[0]:
+        decoded.append(cv2.cvtColor(frame[1], cv2.COLOR_BGR2RGB))
+    return decoded
+
+
+def test_video_frames_every_kth_with_times_and_errors(model_path, tmp_path, capsys):
+    from detection.runs.batch.video import VideoError, frames_to_read, read_frames
+
+    decoded = write_video(tmp_path / "clip.avi", 8)
+    frames = list(read_frames(str(tmp_path / "clip.avi"), stride=3))
+    assert [(f.index, f.time) for f in frames] == [(0, 0.0), (3, 0.3), (6, 0.6)]
+    assert frames_to_read(tmp_path / "clip.avi", 3) == 3
+    for frame in frames:
+        np.testing.assert_array_equal(frame.image, decoded[frame.index])
+    assert frames[1].key == f"{tmp_path / 'clip.avi'}#frame=000003"
+    (tmp_path / "notes.mp4").write_text("not a video\n")
+    for name, reason in [("missing.mp4", "no such file"), ("notes.mp4", "cannot open as a video")]:
+        with pytest.raises(VideoError, match=reason):
+            list(read_frames(str(tmp_path / name)))
+    with pytest.raises(VideoError, match="smaller than 64 px"):
+        list(read_frames(str(tmp_path / "clip.avi"), min_side=64))
+    assert detect(model_path, tmp_path / "out", tmp_path / "clip.avi", extra=["--video-stride", "0"]) == 2
+    assert capsys.readouterr().err == "sppnet detect: error: --video-stride: must be at least 1, got 0\n"
+
+
+@pytest.mark.slow
+def test_detect_on_a_video_one_record_per_kth_frame(model_path, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    decoded = write_video(folder / "clip.avi", 8)
+    photo = save(folder / "photo.png", Image.fromarray(scene(*IMAGE_SIZE, 1)))
+    (folder / "broken.mp4").write_text("not a video\n")
+    out = tmp_path / "out"
+    assert detect(model_path, out, folder, extra=["--video-stride", "3", "--save-vis"]) == 1
+    video = str(folder / "clip.avi")
+    records = read_records(out / "predictions.jsonl")
+    assert sorted((r["file"], r.get("frame"), r.get("time")) for r in records) == [
+        (video, 0, 0.0), (video, 3, 0.3), (video, 6, 0.6), (str(photo), None, None)]
+    assert failures(out) == {str(folder / "broken.mp4"): "cannot open as a video (no decoder in OpenCV for it?)"}
+    # each frame detected as the same picture given to the detector
+    det = Detector.load(model_path, device="cpu")
+    frame3 = next(r for r in records if r.get("frame") == 3)
+    expected = det(decoded[3])
+    np.testing.assert_allclose([d["box"] for d in frame3["detections"]], expected.boxes, atol=0.01)
+    np.testing.assert_allclose([d["score"] for d in frame3["detections"]], expected.scores, rtol=1e-4, atol=1e-4)
+    assert [image["file_name"] for image in coco(out)["images"]] == [
+        f"{video}#frame=000000", f"{video}#frame=000003", f"{video}#frame=000006", str(photo)]
+    assert sorted(p.name for p in (out / "vis" / "clip.avi.frames").iterdir()) == ["000000.jpg", "000003.jpg", "000006.jpg"]
+    capsys.readouterr()
+    # a rerun skips the frames done; a smaller stride adds only the frames not done yet
+    assert detect(model_path, out, folder, extra=["--video-stride", "2"]) == 1
+    assert "2 done, 3 skipped" in capsys.readouterr().out  # frames 2 and 4 new; 0, 6 and the photo skipped
+    assert sorted(r.get("frame", -1) for r in read_records(out / "predictions.jsonl")) == [-1, 0, 2, 3, 4, 6]
+
+
+# -- the output directory, streamed; filtering a finished run again --------------------------------------------
+
+def synthetic_run(out: Path, classes=CLASSES) -> list[dict]:
+    """An OUT as `sppnet detect` leaves it, without a model: run.json, predictions.jsonl (with a torn last line), failed.tsv."""
+    rng = np.random.default_rng(0)
+    records = []
+    for name in ("b.jpg", "a.jpg", "clip.mp4#3", "c.jpg", "clip.mp4#0"):
+        n = int(rng.integers(0, 6))
+        x1, y1 = rng.uniform(0, 40, (2, n))
+        dets = Detections(np.stack([x1, y1, x1 + rng.uniform(5, 30, n), y1 + rng.uniform(5, 30, n)], 1),
+                          rng.normal(0, 1, n), rng.integers(0, len(classes), n))
+        file, _, frame = name.partition("#")
+        records.append(prediction_record(f"/data/{file}", (60, 80), dets, classes,
+                                         int(frame) if frame else None, int(frame or 0) / 10 if frame else None))
+    out.mkdir(parents=True)
+    OutputDir(out).check_settings({"model_sha1": "abc", "score_thresh": None, "topk": None, "classes": None}, classes)
+    (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"file": "/data/torn')
+    (out / "failed.tsv").write_text("/data/bad.jpg\tcannot decode image\n")
+    return records
+
+
+def test_merge_streams_what_detections_to_coco_writes(tmp_path):
+    from detection.data.coco import detections_to_coco
+    from detection.runs.batch import record_detections
+    from detection.runs.batch.records import record_key
+
+    out = tmp_path / "out"
+    records = synthetic_run(out)
+    # a shard's part with one record more and one already merged
+    (out / "parts").mkdir()
+    extra = prediction_record("/data/d.jpg", (60, 80), Detections.empty(), CLASSES)
+    (out / "parts" / "shard1-of-2.jsonl").write_text(json.dumps(extra) + "\n" + json.dumps(records[0]) + "\n")
+    count, failed = OutputDir(out).merge(CLASSES, {"/data/a.jpg": "stale", "/data/e.jpg": "new"})
+    everything = sorted(records + [extra], key=record_key)
+    assert count == 6 and failed == {"/data/e.jpg": "new"}  # failures come from the caller and the parts
+    assert read_records(out / "predictions.jsonl") == records + [extra]
+    images = [{"id": i, "file_name": record_key(r), "width": 80, "height": 60} for i, r in enumerate(everything, 1)]
+    expected = detections_to_coco(images, [record_detections(r, CLASSES) for r in everything], CLASSES,
+                                  info={"description": "sppnet detect", "box_format": "[x, y, w, h], w = x2 - x1 + 1"})
+    assert coco(out) == json.loads(json.dumps(expected))
+    assert [image["file_name"] for image in coco(out)["images"]][3:5] == ["/data/clip.mp4#frame=000000",
+                                                                          "/data/clip.mp4#frame=000003"]
+
+
+def test_filter_a_finished_run_again(tmp_path, capsys):
+    source, out = tmp_path / "run", tmp_path / "filtered"
+    records = synthetic_run(source)
+    assert main(["filter", str(source), "--out", str(out), "--score-thresh", "0", "--topk", "2",
+                 "--classes", "star,circle"]) == 0
+    filtered = read_records(out / "predictions.jsonl")
+    assert [(r["file"], r.get("frame"), r.get("time")) for r in filtered] == [
+        (r["file"], r.get("frame"), r.get("time")) for r in records]
+    for before, after in zip(records, filtered):
+        kept = sorted((d for d in before["detections"] if d["score"] >= 0 and d["label"] in ("star", "circle")),
+                      key=lambda d: -d["score"])[:2]
+        assert after["detections"] == kept
+    assert len(coco(out)["annotations"]) == sum(len(r["detections"]) for r in filtered)
+    assert failures(out) == {"/data/bad.jpg": "cannot decode image"}
+    settings = json.loads((out / "run.json").read_text())
+    assert settings["filtered_from"] == str(source) and settings["topk"] == 2
+    assert "filter: 5 images, 1 failed" in capsys.readouterr().out
+    # the same again is the same; into the run itself, with an unknown class, or from a non-run: one-line errors
+    assert main(["filter", str(source), "--out", str(out), "--score-thresh", "0", "--topk", "2",
+                 "--classes", "star,circle"]) == 0
+    assert read_records(out / "predictions.jsonl") == filtered
+    capsys.readouterr()
+    assert main(["filter", str(source), "--out", str(source), "--topk", "1"]) == 2
+    assert main(["filter", str(source), "--out", str(tmp_path / "x"), "--classes", "hexagon"]) == 2
+    assert main(["filter", str(tmp_path), "--out", str(tmp_path / "y")]) == 2
+    assert main(["filter", str(source), "--out", str(out), "--topk", "1"]) == 2  # made with other filters
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 4 and all(line.startswith("sppnet filter: error: ") for line in errors)
+    assert "needs another --out" in errors[0] and "hexagon" in errors[1] and "run.json" in errors[2]
+    assert "other settings" in errors[3]
+
+
+def test_a_run_json_without_the_class_list_is_resumed_and_gains_it(tmp_path):
+    out = tmp_path / "run"
+    synthetic_run(out)
+    settings = json.loads((out / "run.json").read_text())
+    del settings["model_classes"]
+    (out / "run.json").write_text(json.dumps(settings))  # as sppnet wrote it before
+    with pytest.raises(BatchError, match="no class list"):
+        refilter(out, tmp_path / "filtered", topk=1)
+    OutputDir(out).check_settings({k: settings[k] for k in ("model_sha1", "score_thresh", "topk", "classes")}, CLASSES)
+    assert json.loads((out / "run.json").read_text())["model_classes"] == list(CLASSES)
+    assert refilter(out, tmp_path / "filtered", topk=1)[0] == 5

@@ -6,130 +6,135 @@ import pytest
 from PIL import Image
 
 from detection.evaluation.voc_eval import (
+    ELEVEN_POINTS,
     evaluate_class,
     evaluate_detections,
     format_ap_table,
     voc_ap,
 )
-from detection.core.detections import Detections
+from detection.core.detections import ClassDetections, Detections, by_class
 from detection.data.devkit import read_devkit_results, write_devkit_results
 from detection.data.voc import VOCDataset
+from detection.evaluation.results import evaluate_results
 
 METRICS = ("voc07", "voc10")
 
 
-# ---------------------------------------------------------------- slow reference (py-faster-rcnn)
+# ---------------------------------------------------------------- slow reference: a port of VOCevaldet.m
 
-def reference_voc_ap(rec, prec, use_07_metric):
-    """py-faster-rcnn's ``voc_ap``, verbatim apart from Python 3."""
-    if use_07_metric:
-        ap = 0.
-        for t in np.arange(0., 1.1, 0.1):
-            if np.sum(rec >= t) == 0:
-                p = 0
-            else:
-                p = np.max(prec[rec >= t])
-            ap = ap + p / 11.
-    else:
-        mrec = np.concatenate(([0.], rec, [1.]))
-        mpre = np.concatenate(([0.], prec, [0.]))
-        for i in range(mpre.size - 1, 0, -1):
-            mpre[i - 1] = np.maximum(mpre[i - 1], mpre[i])
-        i = np.where(mrec[1:] != mrec[:-1])[0]
-        ap = np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1])
-    return ap
+def matlab_colon_0_01_1():
+    """MATLAB's 0:0.1:1, written out as its colon operator computes it: up from 0, then down from 1."""
+    return [0 + k * 0.1 for k in range(6)] + [1 - k * 0.1 for k in range(4, -1, -1)]
 
 
-def reference_voc_eval(image_ids, confidence, BB, gt, ovthresh=0.5, use_07_metric=False):
-    """py-faster-rcnn's ``voc_eval`` loop on in-memory data, with three deliberate changes to match
-    the devkit: ``ovmax >= ovthresh`` (devkit) instead of ``>``, a stable sort (MATLAB's), and
-    Detectron's eps in the precision (NaN when the top detection hits a difficult box)."""
-    class_recs = {}
+def textread(result_text):
+    """``[ids,confidence,b1,b2,b3,b4]=textread(file,'%s %f %f %f %f %f')`` of a class's result file."""
+    fields = [line.split() for line in result_text.splitlines() if line.strip()]
+    return [f[0] for f in fields], [float(f[1]) for f in fields], [[float(v) for v in f[2:6]] for f in fields]
+
+
+def vocevaldet_port(gt_by_image, ids, confidence, BB, use_07=True):
+    """VOCevaldet.m (VOC2007/2012 devkit), statement by statement, for one class.
+
+    ``gt_by_image``: image id -> (boxes (G, 4), difficult (G,)) of the class, every image of the
+    split (its keys are ``gtids``); ``ids``, ``confidence``, ``BB``: the result file's columns in
+    file order (:func:`textread`). MATLAB's sort is stable (Python's ``sorted`` too), and its max
+    skips NaN (np.nanmax / np.fmax). VOCap.m for the VOC2010+ metric. Returns (rec, prec, ap).
+    """
+    gtids = list(gt_by_image)
     npos = 0
-    for imagename, (bbox, difficult) in gt.items():
-        npos = npos + sum(~difficult)
-        class_recs[imagename] = {'bbox': bbox, 'difficult': difficult, 'det': [False] * len(bbox)}
-    sorted_ind = np.argsort(-confidence, kind="stable")
-    BB = BB[sorted_ind, :]
-    image_ids = [image_ids[x] for x in sorted_ind]
-    nd = len(image_ids)
+    gt = []
+    for image_id in gtids:
+        boxes, difficult = gt_by_image[image_id]
+        gt.append({"BB": [list(map(float, b)) for b in boxes], "diff": [bool(d) for d in difficult],
+                   "det": [False] * len(boxes)})
+        npos = npos + sum(not d for d in gt[-1]["diff"])
+    si = sorted(range(len(confidence)), key=lambda d: -confidence[d])
+    ids = [ids[d] for d in si]
+    BB = [BB[d] for d in si]
+    nd = len(confidence)
     tp = np.zeros(nd)
     fp = np.zeros(nd)
     for d in range(nd):
-        R = class_recs[image_ids[d]]
-        bb = BB[d, :].astype(float)
+        i = gtids.index(ids[d])
+        bb = BB[d]
         ovmax = -np.inf
-        BBGT = R['bbox'].astype(float)
-        if BBGT.size > 0:
-            ixmin = np.maximum(BBGT[:, 0], bb[0])
-            iymin = np.maximum(BBGT[:, 1], bb[1])
-            ixmax = np.minimum(BBGT[:, 2], bb[2])
-            iymax = np.minimum(BBGT[:, 3], bb[3])
-            iw = np.maximum(ixmax - ixmin + 1., 0.)
-            ih = np.maximum(iymax - iymin + 1., 0.)
-            inters = iw * ih
-            uni = ((bb[2] - bb[0] + 1.) * (bb[3] - bb[1] + 1.) +
-                   (BBGT[:, 2] - BBGT[:, 0] + 1.) * (BBGT[:, 3] - BBGT[:, 1] + 1.) - inters)
-            overlaps = inters / uni
-            ovmax = np.max(overlaps)
-            jmax = np.argmax(overlaps)
-        if ovmax >= ovthresh:
-            if not R['difficult'][jmax]:
-                if not R['det'][jmax]:
-                    tp[d] = 1.
-                    R['det'][jmax] = 1
+        for j, bbgt in enumerate(gt[i]["BB"]):
+            bi = [max(bb[0], bbgt[0]), max(bb[1], bbgt[1]), min(bb[2], bbgt[2]), min(bb[3], bbgt[3])]
+            iw = bi[2] - bi[0] + 1
+            ih = bi[3] - bi[1] + 1
+            if iw > 0 and ih > 0:
+                ua = (bb[2] - bb[0] + 1) * (bb[3] - bb[1] + 1) + (bbgt[2] - bbgt[0] + 1) * (bbgt[3] - bbgt[1] + 1) \
+                    - iw * ih
+                ov = iw * ih / ua
+                if ov > ovmax:
+                    ovmax = ov
+                    jmax = j
+        if ovmax >= 0.5:
+            if not gt[i]["diff"][jmax]:
+                if not gt[i]["det"][jmax]:
+                    tp[d] = 1
+                    gt[i]["det"][jmax] = True
                 else:
-                    fp[d] = 1.
+                    fp[d] = 1
         else:
-            fp[d] = 1.
+            fp[d] = 1
     fp = np.cumsum(fp)
     tp = np.cumsum(tp)
-    rec = tp / float(npos)
-    prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-    ap = reference_voc_ap(rec, prec, use_07_metric)
-    return rec, prec, ap
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rec = tp / npos
+        prec = tp / (fp + tp)
+    if use_07:
+        ap = 0
+        for t in matlab_colon_0_01_1():
+            selected = prec[rec >= t]
+            p = np.fmax.reduce(selected) if len(selected) else 0  # max skips NaN: NaN only if all are
+            ap = ap + p / 11
+        return rec, prec, ap
+    mrec = np.concatenate(([0], rec, [1]))
+    mpre = np.concatenate(([0], prec, [0]))
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = np.fmax(mpre[i], mpre[i + 1])
+    i = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
+    return rec, prec, np.sum((mrec[i] - mrec[i - 1]) * mpre[i])
 
 
 def random_problem(rng, num_images=12):
     """GT with some difficult boxes, and detections: jittered GT copies (several per box) plus clutter.
 
-    Integer coordinates and scores on a 0.05 grid make exact IoU and score ties common. npos is
-    kept off multiples of 5: there py-faster-rcnn's 11-point thresholds (0.30000000000000004, ...)
-    disagree with the exact ones (see test_eleven_point_thresholds_are_exact).
+    Integer coordinates and scores on a 0.05 grid make exact IoU and score ties common.
     """
-    while True:
-        gt, ids, boxes = {}, [], []
-        for i in range(num_images):
-            n = rng.integers(0, 5)
-            xy = rng.integers(0, 80, size=(n, 2))
-            wh = rng.integers(5, 40, size=(n, 2))
-            gt_boxes = np.hstack([xy, xy + wh]).astype(float)
-            gt[f"im{i}"] = (gt_boxes, rng.random(n) < 0.2)
-            for box in gt_boxes:
-                for _ in range(rng.integers(0, 3)):
-                    boxes.append(box + rng.integers(-4, 5, size=4))
-                    ids.append(f"im{i}")
-            for _ in range(rng.integers(0, 4)):
-                xy = rng.integers(0, 100, size=2)
-                boxes.append(np.concatenate([xy, xy + rng.integers(3, 40, size=2)]).astype(float))
+    gt, ids, boxes = {}, [], []
+    for i in range(num_images):
+        n = rng.integers(0, 5)
+        xy = rng.integers(0, 80, size=(n, 2))
+        wh = rng.integers(5, 40, size=(n, 2))
+        gt_boxes = np.hstack([xy, xy + wh]).astype(float)
+        gt[f"im{i}"] = (gt_boxes, rng.random(n) < 0.2)
+        for box in gt_boxes:
+            for _ in range(rng.integers(0, 3)):
+                boxes.append(box + rng.integers(-4, 5, size=4))
                 ids.append(f"im{i}")
-        npos = sum(int((~d).sum()) for _, d in gt.values())
-        if npos % 5:
-            boxes = np.array(boxes, dtype=float).reshape(-1, 4)
-            boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2])
-            scores = np.round(rng.random(len(ids)) * 20) / 20
-            return np.array(ids), scores, boxes, gt
+        for _ in range(rng.integers(0, 4)):
+            xy = rng.integers(0, 100, size=2)
+            boxes.append(np.concatenate([xy, xy + rng.integers(3, 40, size=2)]).astype(float))
+            ids.append(f"im{i}")
+    boxes = np.array(boxes, dtype=float).reshape(-1, 4)
+    boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2])
+    scores = np.round(rng.random(len(ids)) * 20) / 20
+    return np.array(ids), scores, boxes, gt
 
 
 @pytest.mark.parametrize("seed", range(25))
-def test_matches_py_faster_rcnn_reference_on_random_data(seed):
+def test_matches_the_devkit_port_on_random_data(seed):
     ids, scores, boxes, gt = random_problem(np.random.default_rng(seed))
     for metric in METRICS:
         ap, rec, prec = evaluate_class(ids, scores, boxes, gt, metric=metric)
-        ref_rec, ref_prec, ref_ap = reference_voc_eval(list(ids), scores, boxes, gt, use_07_metric=metric == "voc07")
-        np.testing.assert_allclose(rec, ref_rec, rtol=0, atol=1e-12)
-        np.testing.assert_allclose(prec, ref_prec, rtol=0, atol=1e-12)
-        assert ap == pytest.approx(ref_ap, abs=1e-12)
+        ref_rec, ref_prec, ref_ap = vocevaldet_port(gt, list(ids), list(scores), boxes.tolist(), use_07=metric == "voc07")
+        np.testing.assert_array_equal(rec, ref_rec)
+        # where only difficult boxes were hit so far the devkit's precision is 0/0, here 0 (module doc)
+        np.testing.assert_array_equal(prec, np.nan_to_num(ref_prec, nan=0.0))
+        assert ap == pytest.approx(0.0 if np.isnan(ref_ap) else ref_ap, rel=0, abs=1e-15)
 
 
 # ---------------------------------------------------------------- voc_ap by hand
@@ -164,12 +169,24 @@ def test_voc_ap_envelope_and_empty_curve():
         voc_ap(recall, precision[:2])
 
 
-def test_eleven_point_thresholds_are_exact():
-    # 3 of 10 positives found, all precise: t = 0.3 is reached (py-faster-rcnn's 0.30000000000000004 is not)
-    # voc07 = (t = 0, .1, .2, .3 -> 1) = 4/11
-    recall, precision = np.array([0.1, 0.2, 0.3]), np.ones(3)
-    assert voc_ap(recall, precision, "voc07") == pytest.approx(4 / 11, abs=1e-12)
-    assert reference_voc_ap(recall, precision, True) == pytest.approx(3 / 11, abs=1e-12)
+def test_eleven_point_thresholds_are_matlabs():
+    # MATLAB's 0:0.1:1 counts the first half up from 0 and the second half down from 1
+    assert ELEVEN_POINTS.tolist() == [0.0, 0.1, 0.2, 0.30000000000000004, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    # 3 of 10 positives found, all precise: recall 3/10 = 0.3 misses t = 0.30000000000000004 (the issue's
+    # reproducer: devkit 3/11 = 0.2727, not 4/11)
+    recall, precision = np.arange(1, 4) / 10, np.ones(3)
+    assert voc_ap(recall, precision, "voc07") == 3 / 11
+    # 6 and 7 of 10 reach t = 0.6 and 0.7 as in MATLAB (np.arange(11) * 0.1 would hold 0.6000000000000001
+    # and 0.7000000000000001 and give 6/11 and 7/11)
+    assert voc_ap(np.arange(1, 7) / 10, np.ones(6), "voc07") == pytest.approx(7 / 11, abs=1e-15)
+    assert voc_ap(np.arange(1, 8) / 10, np.ones(7), "voc07") == pytest.approx(8 / 11, abs=1e-15)
+
+
+def test_ten_positives_recall_three_tenths_scores_like_the_devkit():
+    gt = {"a": (np.array([square(20 * i) for i in range(10)], dtype=float), np.zeros(10, dtype=bool))}
+    boxes = np.array([square(0), square(20), square(40)], dtype=float)
+    ap, recall, _ = evaluate_class(["a"] * 3, [0.9, 0.8, 0.7], boxes, gt)
+    assert recall[-1] == 0.3 and ap == pytest.approx(0.2727, abs=1e-4) and ap == 3 / 11
 
 
 # ---------------------------------------------------------------- evaluate_class by hand
@@ -345,13 +362,13 @@ def test_devkit_file_lines_are_one_based(tmp_path, tiny):
 
 
 def test_devkit_literal_file_is_read_zero_based(tmp_path):
-    (tmp_path / "comp4_det_test_pear.txt").write_text("img7 0.5 1 1 10.5 20\n\nimg7 -1.25 3 4 5 6\n")
+    (tmp_path / "comp4_det_test_pear.txt").write_text("img7 0.5 1 1 10.5 20\n\nimg2 -1.25 3 4 5 6\n")
     # no apple file: an empty class
-    dets = read_devkit_results(tmp_path, "test", ("apple", "pear"))
-    assert list(dets) == ["img7"]
-    np.testing.assert_array_equal(dets["img7"].boxes, [[0, 0, 9.5, 19], [2, 3, 4, 5]])
-    np.testing.assert_array_equal(dets["img7"].scores, [0.5, -1.25])
-    assert dets["img7"].labels.tolist() == [1, 1] and dets["img7"].labels.dtype == np.int64
+    apple, pear = read_devkit_results(tmp_path, "test", ("apple", "pear"))
+    assert len(apple) == 0 and apple.boxes.shape == (0, 4)
+    assert pear.image_ids.tolist() == ["img7", "img2"]  # file order
+    np.testing.assert_array_equal(pear.boxes, [[0, 0, 9.5, 19], [2, 3, 4, 5]])
+    np.testing.assert_array_equal(pear.scores, [0.5, -1.25])
 
 
 def test_devkit_round_trip(tmp_path):
@@ -365,21 +382,18 @@ def test_devkit_round_trip(tmp_path):
                                             rng.normal(size=n), rng.integers(0, 3, size=n))
     write_devkit_results(tmp_path, "test", classes, detections)
     back = read_devkit_results(tmp_path, "test", classes)
-    assert set(back) == {k for k, d in detections.items() if len(d)}
-    for image_id, dets in back.items():
-        # the reader orders each image's detections by class, stably
-        order = np.argsort(detections[image_id].labels, kind="stable")
-        original = detections[image_id]
-        np.testing.assert_array_equal(dets.labels, original.labels[order])
-        np.testing.assert_allclose(dets.scores, original.scores[order], rtol=0, atol=5e-7 + 1e-12)
-        np.testing.assert_allclose(dets.boxes, original.boxes[order], rtol=0, atol=0.05 + 1e-9)
-    # evaluation is unchanged by the trip when nothing is lost to rounding
+    # each class's lines: images in the dict's order, each image's detections in their order
+    for original, read in zip(by_class(detections, len(classes)), back, strict=True):
+        assert read.image_ids.tolist() == original.image_ids.tolist()
+        np.testing.assert_allclose(read.scores, original.scores, rtol=0, atol=5e-7 + 1e-12)
+        np.testing.assert_allclose(read.boxes, original.boxes, rtol=0, atol=0.05 + 1e-9)
+    # nothing is lost when nothing needs rounding
     for dets in detections.values():
         dets.boxes, dets.scores = np.round(dets.boxes), np.round(dets.scores, 3)
     write_devkit_results(tmp_path, "test", classes, detections)
-    for image_id, dets in read_devkit_results(tmp_path, "test", classes).items():
-        order = np.argsort(detections[image_id].labels, kind="stable")
-        np.testing.assert_array_equal(dets.boxes, detections[image_id].boxes[order])
+    for original, read in zip(by_class(detections, len(classes)), read_devkit_results(tmp_path, "test", classes)):
+        np.testing.assert_array_equal(read.boxes, original.boxes)
+        np.testing.assert_array_equal(read.scores, original.scores)
 
 
 def test_devkit_errors_name_file_and_line(tmp_path):
@@ -396,3 +410,123 @@ def test_devkit_errors_name_file_and_line(tmp_path):
     with pytest.raises(ValueError, match="label 3 of image 'x'"):
         write_devkit_results(tmp_path, "test", ("apple",), {"x": Detections(np.zeros((1, 4)), np.ones(1),
                                                                              np.array([3]))})
+
+
+# ---------------------------------------------------------------- result files against the devkit port
+
+def random_voc_and_results(root, rng, classes=("apple", "pear"), num_images=10):
+    """A VOC split of random boxes inside 64x48 images, and devkit result files for it: jittered GT
+    copies and clutter, scores on a coarse grid (many ties), coordinates with one decimal, and the
+    lines of each file in a random order. Returns the objects by image as the XML holds them."""
+    objects = {}
+    for i in range(num_images):
+        boxes = []
+        for _ in range(rng.integers(0, 4)):
+            x1, y1 = rng.integers(1, 40), rng.integers(1, 30)
+            boxes.append((str(rng.choice(classes)), int(rng.random() < 0.2),
+                          (int(x1), int(y1), int(x1 + rng.integers(3, 24)), int(y1 + rng.integers(3, 18)))))
+        objects[f"im{i:02d}"] = boxes
+    write_tiny_voc(root, objects)
+    for cls in classes:
+        lines = []
+        for image_id, objs in objects.items():
+            for name, _, box in objs:
+                for _ in range(rng.integers(0, 3) if name == cls else rng.integers(0, 2)):
+                    jittered = np.array(box) + np.round(rng.normal(0, 1.5, 4), 1)
+                    lines.append((image_id, jittered))
+            for _ in range(rng.integers(0, 2)):
+                xy = rng.uniform(1, 40, 2)
+                lines.append((image_id, np.concatenate([xy, xy + rng.uniform(2, 20, 2)])))
+        order = rng.permutation(len(lines))
+        (root / f"comp4_det_test_{cls}.txt").write_text("".join(
+            f"{lines[k][0]} {rng.integers(0, 5) / 4:.6f} " + " ".join(f"{v:.1f}" for v in lines[k][1]) + "\n"
+            for k in order))
+    return objects
+
+
+def class_ground_truth(objects, cls):
+    """Image id -> (1-based boxes, difficult flags) of class ``cls``, from :func:`write_tiny_voc`'s objects."""
+    return {image_id: ([box for name, _, box in objs if name == cls], [d for name, d, _ in objs if name == cls])
+            for image_id, objs in objects.items()}
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_matches_a_port_of_vocevaldet_on_result_files(tmp_path, seed):
+    root = tmp_path / "voc"
+    objects = random_voc_and_results(root, np.random.default_rng(seed))
+    dataset = VOCDataset(root, "test", classes=("apple", "pear"))
+    for metric in METRICS:
+        result = evaluate_results(dataset, root, metric=metric)
+        for cls in dataset.classes:
+            _, _, expected = vocevaldet_port(class_ground_truth(objects, cls),
+                                             *textread((root / f"comp4_det_test_{cls}.txt").read_text()),
+                                             use_07=metric == "voc07")
+            if np.isnan(expected):  # every detection on a difficult box: the devkit's NaN is 0 here (module doc)
+                expected = 0.0
+            # equal up to the order of the final sums (voc_ap's docstring)
+            assert result["ap"][cls] == pytest.approx(expected, rel=0, abs=1e-15), (cls, metric)
+
+
+def test_ties_keep_the_class_files_line_order(tmp_path):
+    # the issue's two-line reproducer: pear's file lists a hit in 000001, then a miss in 000002, both 0.5;
+    # the devkit's stable sort keeps that order: precision 1, 1/2 -> AP 1. Reading the files image by
+    # image (000002 comes first through apple's file) put the miss first: AP 0.5.
+    root = write_tiny_voc(tmp_path / "voc", {"000001": [("pear", 0, (11, 11, 30, 30))],
+                                            "000002": [("apple", 0, (1, 1, 20, 20))]})
+    (root / "comp4_det_test_apple.txt").write_text("000002 0.900000 1.0 1.0 20.0 20.0\n")
+    pear = "000001 0.500000 11.0 11.0 30.0 30.0\n000002 0.500000 40.0 5.0 60.0 40.0\n"
+    (root / "comp4_det_test_pear.txt").write_text(pear)
+    dataset = VOCDataset(root, "test")
+    objects = {"000001": [("pear", 0, (11, 11, 30, 30))], "000002": [("apple", 0, (1, 1, 20, 20))]}
+    for metric in METRICS:
+        assert vocevaldet_port(class_ground_truth(objects, "pear"), *textread(pear), use_07=metric == "voc07")[2] == \
+            pytest.approx(1.0, abs=1e-15)
+        assert evaluate_results(dataset, root, metric=metric)["ap"] == {"apple": 1.0, "pear": 1.0}
+
+
+def test_test_metrics_equal_eval_of_the_result_files_it_wrote(tiny, tmp_path, monkeypatch):
+    import detection.runs.test as test_run
+    from tools.cli import main
+
+    dataset, _ = tiny
+    # two pear detections whose scores differ by less than the six written decimals: in memory the miss
+    # (0.3000004) ranks first, in the files both read 0.300000 and the hit, listed first, wins the tie
+    detections = {"000002": Detections(np.array([[5, 5, 24, 24]], dtype=float), np.array([0.3000001]), np.array([1])),
+                  "000001": Detections(np.array([[0, 30, 10, 40]], dtype=float), np.array([0.3000004]), np.array([1]))}
+    monkeypatch.setattr(test_run, "detect_dataset", lambda *args, **kwargs: (detections, {}))
+    metrics = test_run.test_model(None, dataset, tmp_path / "out", cache=None)
+    assert evaluate_detections(dataset, detections)["ap"]["pear"] == pytest.approx(0.5)  # in memory
+    assert metrics["ap"]["pear"] == 1.0
+    assert main(["eval", "--data", str(dataset.root), "--split", "test", "--results", str(tmp_path / "out" / "results"),
+                 "--json", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text()) == json.loads((tmp_path / "out" / "metrics.json").read_text())
+
+
+def test_evaluate_results_takes_paths_dicts_and_per_class_lists(tiny, tmp_path):
+    dataset, detections = tiny
+    write_devkit_results(tmp_path, "test", dataset.classes, detections)
+    expected = evaluate_detections(dataset, detections)
+    assert evaluate_results(dataset, tmp_path) == expected
+    assert evaluate_results(dataset, str(tmp_path)) == expected
+    assert evaluate_results(dataset, detections) == expected
+    assert evaluate_results(dataset, by_class(detections, 2)) == expected
+    assert evaluate_results(dataset, detections, metric="coco")["metric"] == "coco"
+    with pytest.raises(ValueError, match="unknown metric"):
+        evaluate_results(dataset, detections, metric="voc12")
+    with pytest.raises(ValueError, match="1 classes of detections"):
+        evaluate_results(dataset, [ClassDetections.empty()])
+
+
+def test_bad_result_files_are_one_line_errors_on_the_command_line(tiny, tmp_path, capsys):
+    from tools.cli import main
+
+    dataset, _ = tiny
+    args = ["eval", "--data", str(dataset.root), "--split", "test", "--results", str(tmp_path)]
+    (tmp_path / "comp4_det_test_pear.txt").write_text("000001 0.5 1 2 3 4\n000002 high 1 2 3 4\n")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "comp4_det_test_pear.txt, line 2" in err
+    (tmp_path / "comp4_det_test_pear.txt").write_text("000001 0.5 1 2 3 4\n000009 0.5 1 2 3 4\n")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not in split 'test'" in err and "'000009'" in err

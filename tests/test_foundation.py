@@ -8,7 +8,8 @@ from PIL import Image
 from detection.core.cache import Cache, safe_key
 from detection.core.config import FIVE_SCALES, SPPConfig, fingerprint
 from detection.core.images import ImageError, as_rgb_array, load_image
-from detection.data.voc import VOC_CLASSES, DatasetError, VOCDataset, resolve_voc_root
+from detection.data.records import DatasetError
+from detection.data.voc import VOC_CLASSES, VOCDataset, resolve_voc_root
 
 
 def test_config_round_trip_and_paper_defaults():

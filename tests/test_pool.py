@@ -88,3 +88,11 @@ def test_workers_and_resource_tracker_die_with_a_killed_parent():
         assert not [pid for pid in helpers if alive(pid)]
     finally:
         parent.kill()
+
+
+def test_the_workers_code_does_not_load_torch():
+    """A worker imports the module of the function it runs: torch would cost it ~700 MB and seconds."""
+    code = "import sys, proposals.store, detection.runs.batch.pipeline; print(sorted({'torch', 'torchvision'} & set(sys.modules)))"
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.stdout.strip() == "[]"

@@ -1,5 +1,9 @@
 """Selective search boxes, the proposal store and R-CNN's proposal files."""
 import cv2
+import os
+import signal
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.io
@@ -275,3 +279,21 @@ def test_best_overlaps_and_recall_match_a_loop():
     np.testing.assert_allclose(recall(overlaps, thresholds),
                                [np.mean([o >= t for o in expected]) for t in thresholds])
     assert np.isnan(recall(np.zeros(0), [0.5])).all()
+
+
+def propose_or_crash(item, config):
+    """As the store's worker function, but the worker dies (as on a decoder segfault) on an image named crash*."""
+    if Path(item[1]).name.startswith("crash"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return store_module._proposals_for_file(item, config)
+
+
+def test_a_dead_worker_fails_its_images_and_the_store_goes_on(tmp_path, image_items, monkeypatch):
+    crash = write_png(tmp_path / "crash.png", scene(120, 90, seed=7))
+    monkeypatch.setattr(store_module, "_proposals_for_file", propose_or_crash)
+    store = ProposalStore(Cache(tmp_path / "cache"), CONFIG, workers=2)
+    found, failures = store.compute_all(image_items[:3] + [("crash", crash)], progress=False)
+    assert "crash" in failures and failures["crash"].startswith(f"{crash}: a worker process died")
+    # images in flight beside it may fail with it; each is either found or reported, and found ones are cached
+    assert set(found) | set(failures) == {"img0", "img1", "img2", "crash"}
+    assert all(store.cache.has("proposals", store.fingerprint, key) for key in found)

@@ -8,7 +8,8 @@ from detection.core.config import SPPConfig
 from detection.data.demo import make_demo_dataset
 from detection.detector import Detector
 from detection.runs.test import test_model
-from detection.training.stages import STAGES, StageError, parse_stages
+from detection.core.config import STAGES, ConfigError, parse_stages
+from detection.training.stages import StageError
 from detection.training.trainer import Trainer, TrainingError
 from detection.data.voc import VOCDataset
 from tools.cli import main
@@ -163,8 +164,8 @@ def test_softmax_scoring_skips_the_svms_and_scores_with_fc8(voc, tmp_path, first
     assert test_model(loaded, test_set, tmp_path / "test2", trainer.cache, progress=False) == metrics
     with pytest.raises(TrainingError, match="softmax scoring reads the fine-tuned head's fc8 on ftfc7, not pool5"):
         train(config.replace(svm={"feature_layer": "pool5"}), voc, tmp_path / "pool5", first_run[1])
-    with pytest.raises(TrainingError, match="unknown scoring 'vote'"):
-        train(TINY.replace(test={"scoring": "vote"}), voc, tmp_path / "vote", first_run[1])
+    with pytest.raises(ConfigError, match="test.scoring"):
+        TINY.replace(test={"scoring": "vote"})
 
 
 def test_vgg16_head_without_a_7x7_level_is_a_clear_error(voc, tmp_path, monkeypatch):

@@ -14,21 +14,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from detection.runs.ablation import (
-    COLUMNS,
-    GENERATED_SETS,
-    AblationColumn,
-    machine_description,
-    report,
-    run_ablation,
-    write_markdown_section,
-)
-from detection.detector import default_device
-from detection.data.voc import VOCDataset
-from tools.common import add_config_arguments, add_runtime_arguments, config_from_args
-
-ABLATION_FC_WIDTH = 1024
-ABLATION_ITERATIONS = 1000
+from tools.common import add_config_arguments, add_runtime_arguments, config_from_args, device_from_args, int_at_least
 
 DOC_HEADER = """# Measured results
 
@@ -37,24 +23,32 @@ and is replaced when the same data set is measured again. Text outside the marke
 """
 
 
+def _image_size(text: str) -> tuple[int, int]:
+    """'320x240' -> (320, 240)."""
+    try:
+        width, height = (int(v) for v in text.split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH such as 320x240, got {text!r}") from None
+    return width, height
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="sppnet-ablation", help="working directory (default: %(default)s)")
-    parser.add_argument("--dataset", choices=sorted(GENERATED_SETS), default="demo",
+    parser.add_argument("--dataset", choices=("demo", "realistic"), default="demo",
                         help="generated set: demo (drawn shapes) or realistic (real objects cut from photographs "
                              "pasted onto other photographs; needs scikit-image) (default: %(default)s)")
-    parser.add_argument("--num-images", type=int, default=None,
+    parser.add_argument("--num-images", type=int_at_least(1), default=None,
                         help="generated images per split (default: 40 demo, 150 realistic)")
-    parser.add_argument("--seed", type=int, default=0, help="data seed (default: %(default)s)")
-    parser.add_argument("--image-size", type=lambda t: tuple(int(v) for v in t.split("x")), default=None,
+    parser.add_argument("--seed", type=int_at_least(0), default=0, help="data seed (default: %(default)s)")
+    parser.add_argument("--image-size", type=_image_size, default=None,
                         metavar="WxH", help="generated image size (default: 320x240 demo, 500x375 realistic)")
-    parser.add_argument("--five-scale-images", type=int, default=None, metavar="N",
+    parser.add_argument("--five-scale-images", type=int_at_least(1), default=None, metavar="N",
                         help="use only the first N images of each split in the 5-scale column (CPU budget)")
     parser.add_argument("--columns", choices=("1", "5", "1,5"), default="1,5", help="scale columns to run")
     parser.add_argument("--doc", default="docs/results.md", help="Markdown file to write into (default: %(default)s)")
-    add_config_arguments(parser)
+    # the ablation preset: ten cells on a CPU, a narrower head and fewer iterations than the paper's
+    add_config_arguments(parser, preset="ablation")
     add_runtime_arguments(parser)
-    # ten cells on a CPU: a narrower head and fewer iterations than the paper's (docs/results.md says so)
-    parser.set_defaults(finetune_hidden=ABLATION_FC_WIDTH, finetune_iterations=ABLATION_ITERATIONS)
 
 
 def _command_line() -> str:
@@ -67,6 +61,19 @@ def _command_line() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    from detection.data.voc import VOCDataset
+    from detection.runs.ablation import (
+        COLUMNS,
+        GENERATED_SETS,
+        AblationColumn,
+        machine_description,
+        report,
+        run_ablation,
+        write_markdown_section,
+    )
+
+    device = device_from_args(args)
     generated = GENERATED_SETS[args.dataset]
     width, height = args.image_size or generated.image_size
     count = args.num_images or generated.num_images
@@ -78,8 +85,6 @@ def run(args: argparse.Namespace) -> int:
     one, five = COLUMNS
     columns = {"1": (one,), "5": (AblationColumn(five.name, five.scales, args.five_scale_images),),
                "1,5": (one, AblationColumn(five.name, five.scales, args.five_scale_images))}[args.columns]
-    config = config_from_args(args)
-    device = args.device or default_device()
     started = datetime.now(timezone.utc)
     result = run_ablation(config, train_set, test_set, out, columns=columns, device=device, workers=args.workers,
                            progress=not args.quiet)
@@ -87,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                                     f"({width}×{height}, seed {args.seed})",
                      dataset=f"`{generated.make.__name__}(num_trainval={count}, num_test={count}, "
                              f"seed={args.seed}, image_size=({width}, {height}))`",
-                     config=config, machine=machine_description(device),
+                     config=config, machine=machine_description(device.type),
                      command=_command_line(), date=started.strftime("%Y-%m-%d %H:%M UTC"))
     write_markdown_section(args.doc, name, section, DOC_HEADER)
     print(f"tables written to {args.doc}")

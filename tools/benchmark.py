@@ -12,17 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
-from detection.runs.batch import find_images
-from detection.runs.benchmark import PASS_FRACTION, BenchmarkSettings, format_report, run_benchmark, untrained_detector
-from detection.core.cache import atomic_write_bytes
-from detection.core.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
-from detection.detector import Detector, default_device
-from detection.core.images import load_image
-from detection.data.voc import VOCDataset
-from features.backbones import BACKBONES
-from tools.common import parse_scales
+from detection.core.config import BACKBONES, FIVE_SCALES, PASS_FRACTION, SINGLE_SCALE, SPPConfig
+from tools.common import add_device_argument, device_from_args, int_at_least, parse_scales
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,23 +27,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="untrained detector's backbone (default: %(default)s)")
     parser.add_argument("--backbone-weights", metavar="PATH", default=None,
                         help="untrained detector's backbone weights (default: random initialisation)")
-    parser.add_argument("--num-images", type=int, default=5, help="images timed (default: %(default)s)")
-    parser.add_argument("--rcnn-images", type=int, default=None,
+    parser.add_argument("--num-images", type=int_at_least(1), default=5, help="images timed (default: %(default)s)")
+    parser.add_argument("--rcnn-images", type=int_at_least(1), default=None,
                         help="of those, how many R-CNN runs on (default: all)")
-    parser.add_argument("--max-proposals", type=int, default=2000,
+    parser.add_argument("--max-proposals", type=int_at_least(1), default=2000,
                         help="windows per image, exactly: padded by repetition or cut (default: %(default)s)")
     parser.add_argument("--scales", type=parse_scales, default=FIVE_SCALES,
                         help="the multi-scale SPP row: 5 (480,576,688,864,1200) or a comma list (default: 5)")
-    parser.add_argument("--single-scale", type=int, default=SINGLE_SCALE[0],
+    parser.add_argument("--single-scale", type=int_at_least(1), default=SINGLE_SCALE[0],
                         help="the 1-scale SPP row's shorter side (default: %(default)s)")
-    parser.add_argument("--rcnn-batch-size", type=int, default=None,
+    parser.add_argument("--rcnn-batch-size", type=int_at_least(1), default=None,
                         help="R-CNN crops per conv batch (default: the model's, 128)")
     parser.add_argument("--pass-fraction", type=float, default=PASS_FRACTION,
                         help="untrained detector: fraction of (window, class) pairs its random SVMs pass into NMS "
                              "(default: %(default)s, as SVMs trained with the recipe do)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed detections per mode first (default: %(default)s)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--warmup", type=int_at_least(0), default=1,
+                        help="untimed detections per mode first (default: %(default)s)")
+    add_device_argument(parser)
+    parser.add_argument("--threads", type=int_at_least(1), default=None,
                         help="CPU threads for torch (default: torch's, one per core); on a CPU shared with other "
                              "jobs, 1 avoids threads waiting on each other")
     parser.add_argument("--seed", type=int, default=0, help="untrained detector's random weights")
@@ -61,12 +53,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _image_paths(args: argparse.Namespace) -> list[str]:
+    from detection.data.voc import VOCDataset
+    from detection.runs.batch import find_images
+
     if args.data:
         return [str(record.path) for record in VOCDataset(args.data, args.split)]
     return find_images([args.images])
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,7 +74,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    device = args.device or default_device()
+    from detection.core.cache import atomic_write_bytes
+    from detection.core.images import load_image
+    from detection.detector import Detector
+    from detection.runs.benchmark import BenchmarkSettings, format_report, run_benchmark, untrained_detector
+
+    device = device_from_args(args)
     if args.model:
         detector, random_svms = Detector.load(args.model, device=device), False
     else:

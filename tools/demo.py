@@ -5,35 +5,43 @@ import argparse
 import time
 from pathlib import Path
 
-from detection.data.demo import make_demo_dataset
-from detection.evaluation.voc_eval import format_ap_table
-from detection.runs.test import test_model
-from detection.training.trainer import Trainer
-from detection.data.voc import VOCDataset
-from tools.common import add_config_arguments, add_runtime_arguments, config_from_args
-
-DEMO_FC_WIDTH = 512
-DEMO_ITERATIONS = 500
+from tools.common import (
+    add_config_arguments,
+    add_runtime_arguments,
+    config_from_args,
+    device_from_args,
+    int_at_least,
+    save_config,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="sppnet-demo", help="working directory (default: %(default)s)")
-    parser.add_argument("--num-images", type=int, default=40, help="images per split (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
-    add_config_arguments(parser)
+    parser.add_argument("--num-images", type=int_at_least(1), default=40,
+                        help="images per split (default: %(default)s)")
+    parser.add_argument("--seed", type=int_at_least(0), default=0,
+                        help="seed of the generated images (default: %(default)s)")
+    # the demo preset: a narrower head fine-tuned for fewer iterations, so the demo stays minutes on a CPU
+    add_config_arguments(parser, preset="demo")
     add_runtime_arguments(parser)
-    # a narrower head fine-tuned for fewer iterations than the paper's, so the demo stays minutes on a CPU
-    parser.set_defaults(finetune_hidden=DEMO_FC_WIDTH, finetune_iterations=DEMO_ITERATIONS)
 
 
 def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    from detection.data.demo import DEMO_CLASSES, make_demo_dataset
+    from detection.data.voc import VOCDataset
+    from detection.evaluation.voc_eval import format_ap_table
+    from detection.runs.test import test_model
+    from detection.training.trainer import Trainer
+
+    device = device_from_args(args)
     start = time.perf_counter()
     out = Path(args.out)
     voc = make_demo_dataset(out / "data", num_trainval=args.num_images, num_test=args.num_images, seed=args.seed)
     print(f"demo dataset: {voc}")
-    train_set = VOCDataset(voc, "trainval")
-    trainer = Trainer(config_from_args(args), out / "train", device=args.device, workers=args.workers,
-                      progress=not args.quiet)
+    train_set = VOCDataset(voc, "trainval", classes=DEMO_CLASSES)  # all five, even if a small split lacks one
+    trainer = Trainer(config, out / "train", device=device, workers=args.workers, progress=not args.quiet)
+    save_config(config, trainer.work_dir)
     detector = trainer.train(train_set)
     test_set = VOCDataset(voc, "test", classes=detector.classes)
     metrics = test_model(detector, test_set, out / "test", trainer.cache, workers=args.workers,

@@ -1,4 +1,4 @@
-"""`sppnet detect`: detections for image files, folders, globs and lists of paths.
+"""`sppnet detect`: detections for image and video files, folders, globs and lists of paths.
 
 Images are read and proposed by --workers processes ahead of the conv layers; each result is
 streamed to OUT/predictions.jsonl as it finishes, and OUT/detections.json (COCO format) is
@@ -7,18 +7,31 @@ rebuilt at the end. Rerunning with the same --out skips the images already done.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from detection.core.images import DEFAULT_MAX_PIXELS
-from detection.runs.batch import (
-    DETECTIONS, FAILED, MIN_SIDE_STRIDES, PREDICTIONS, BatchSummary, FolderDetection, Merged, OutputDir,
+from detection.core.config import DEFAULT_MAX_PIXELS, MIN_SIDE_STRIDES
+from tools.common import (
+    add_runtime_arguments,
+    add_test_time_set_argument,
+    finite_float,
+    int_at_least,
+    model_overrides,
+    parse_classes,
 )
-from tools.common import add_runtime_arguments, parse_classes
+
+if TYPE_CHECKING:  # the library is imported when the command runs, not for --help
+    from detection.runs.batch import BatchSummary, OutputDir
+    from detection.runs.batch.folder import Merged
 
 EPILOG = """\
 inputs:
-  Directories are searched recursively for .jpg .jpeg .png .bmp .tif .tiff .webp (any case);
-  quoted glob patterns ("photos/**/*.jpg") are expanded the same way; files named directly or
-  in --list (one path per line, # comments) are taken whatever their extension.
+  Directories are searched recursively for .jpg .jpeg .png .bmp .tif .tiff .webp (any case)
+  and the videos .mp4 .avi .mov .mkv .webm .m4v .mpg .mpeg .wmv .flv; quoted glob patterns
+  ("photos/**/*.jpg") are expanded the same way; files named directly or in --list (one path
+  per line, # comments) are taken whatever their extension (a video by its extension).
+  Of a video, every --video-stride-th frame (0, k, 2k, ...) is an image of its own: its
+  record has "frame" (0-based index) and "time" (seconds), its name in detections.json and
+  failed.tsv is video.mp4#frame=000120, its picture vis/<video path>.frames/000120.jpg.
 
 outputs under --out:
   predictions.jsonl  one line per image, written as it finishes:
@@ -29,9 +42,13 @@ outputs under --out:
                      h = y2 - y1 + 1; category_id = class index + 1; image ids 1..N by file name
   failed.tsv         path<TAB>reason of each image that could not be used
   vis/               with --save-vis: the images with their detections drawn, laid out as
-                     below the deepest directory holding all inputs
+                     below the deepest directory holding all inputs; each is written before
+                     its line in predictions.jsonl: a kill or a full disk cannot leave a
+                     done image without its picture
   run.json           the model's hash and the filters: a rerun into the same --out with
                      another model or other filters is refused rather than mixed in
+  .lock              held while a run writes: a second run into the same --out (or of the
+                     same --shard) stops at once with a one-line error naming the first's pid
   Scores are SVM margins (0 = the decision boundary); the model keeps those above its own
   threshold (config test.score_threshold, -1.5 by default); --score-thresh raises it.
 
@@ -71,26 +88,35 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def add_filter_arguments(parser: argparse.ArgumentParser, default_threshold: str) -> None:
+    """--score-thresh, --topk, --classes (also `sppnet filter`'s)."""
+    parser.add_argument("--score-thresh", type=finite_float, default=None, metavar="S",
+                        help=f"keep detections scoring at least S (default: {default_threshold})")
+    parser.add_argument("--topk", type=int_at_least(1), default=None, metavar="K",
+                        help="keep the K best detections per image")
+    parser.add_argument("--classes", type=parse_classes, default=None, metavar="A,B",
+                        help="keep only these classes (comma-separated names)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, directories or glob patterns")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image or video files, directories or glob patterns")
     parser.add_argument("--list", metavar="FILE", help="a text file of image paths, one per line")
     parser.add_argument("--model", required=True, help="model.pt written by `sppnet train`")
     parser.add_argument("--out", required=True, help="output directory (see below)")
-    parser.add_argument("--score-thresh", type=float, default=None, metavar="S",
-                        help="keep detections scoring at least S (default: the model's threshold)")
-    parser.add_argument("--topk", type=int, default=None, metavar="K", help="keep the K best detections per image")
-    parser.add_argument("--classes", type=parse_classes, default=None, metavar="A,B",
-                        help="keep only these classes (comma-separated names)")
+    add_filter_arguments(parser, "the model's threshold")
     parser.add_argument("--save-vis", action="store_true", help="also write OUT/vis/: images with boxes drawn")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=int_at_least(1), default=DEFAULT_MAX_PIXELS,
                         help="refuse images with more pixels than this (default: %(default)s)")
-    parser.add_argument("--min-side", type=int, default=None,
+    parser.add_argument("--min-side", type=int_at_least(1), default=None,
                         help=f"refuse images whose shorter side is below this (default: {MIN_SIDE_STRIDES} x the "
                              "backbone's stride, 32 px for the bundled backbones)")
+    parser.add_argument("--video-stride", type=int, default=1, metavar="K",
+                        help="of a video, detect in every K-th frame (default: %(default)s, every frame)")
     parser.add_argument("--shard", type=parse_shard, default=None, metavar="i/n",
                         help="process shard i of n (0-based) of the sorted inputs")
+    add_test_time_set_argument(parser)
     add_runtime_arguments(parser)
 
 
@@ -104,15 +130,18 @@ def _print_speed(summary: BatchSummary) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    job = FolderDetection(args.model, args.inputs, args.out, list_file=args.list, score_thresh=args.score_thresh,
-                          topk=args.topk, classes=args.classes, save_vis=args.save_vis, max_pixels=args.max_pixels,
-                          min_side=args.min_side, shard=args.shard, device=args.device, workers=args.workers,
-                          progress=not args.quiet)
-    summary = job.detect()
-    _print_summary(job.label, summary.done, summary.skipped, len(summary.failed))
-    if summary.done:
-        _print_speed(summary)
-    merged = job.finish(summary)
+    overrides = model_overrides(args)
+    from detection.runs.batch.folder import FolderDetection
+
+    with FolderDetection(args.model, args.inputs, args.out, list_file=args.list, score_thresh=args.score_thresh,
+                         topk=args.topk, classes=args.classes, save_vis=args.save_vis, max_pixels=args.max_pixels,
+                         min_side=args.min_side, shard=args.shard, device=args.device, workers=args.workers,
+                         video_stride=args.video_stride, progress=not args.quiet, overrides=overrides) as job:
+        summary = job.detect()
+        _print_summary(job.label, summary.done, summary.skipped, len(summary.failed))
+        if summary.done:
+            _print_speed(summary)
+        merged = job.finish(summary)
     if merged is not None:
         if merged.done is not None:
             _print_summary("all ranks", merged.done, merged.skipped, merged.failed)
@@ -123,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_outputs(out: OutputDir, merged: Merged) -> None:
+    from detection.runs.batch import DETECTIONS, FAILED, PREDICTIONS
+
     print(f"detections: {out.root / DETECTIONS} (COCO), {out.root / PREDICTIONS}")
     if merged.failures:
         print(f"failed images and reasons: {out.root / FAILED}")

@@ -1,4 +1,4 @@
-"""`sppnet eval`: evaluate detections (ours or another detector's) on a VOC-format split.
+"""`sppnet eval`: evaluate detections (ours or another detector's) on a VOC-format split or a COCO file.
 
 --results is a directory of devkit files (comp4_det_<split>_<class>.txt, as `sppnet test` writes)
 or a COCO detections file (OUT/detections.json of `sppnet detect`, images matched to the split by
@@ -10,23 +10,17 @@ import argparse
 import json
 from pathlib import Path
 
-from detection.core.cache import atomic_write_bytes
-from detection.evaluation.coco_eval import coco_evaluate, format_coco_table
-from detection.data.coco import read_coco_detections
-from detection.evaluation.voc_eval import class_curves, evaluate_detections, format_ap_table
-from detection.core.detections import Detections
-from detection.data.devkit import read_devkit_results
-from detection.data.voc import VOCDataset
-from tools.common import parse_classes
+from tools.common import add_images_argument, load_data, parse_classes
 
 EPILOG = """\
 metrics:
   voc07  11-point interpolated AP at IoU 0.5 (the VOC 2007 devkit; the paper's numbers)
   voc10  area under the interpolated precision-recall curve at IoU 0.5 (VOC 2010 and later)
-  coco   pycocotools: AP over IoU .50:.95, AP50, AP75, AP for small/medium/large boxes. The VOC
-         ground truth is converted in memory; difficult boxes become iscrowd=1, so detections
-         on them are ignored rather than counted as false positives, as in the VOC devkit
-         (pycocotools measures overlap with them as intersection over the detection's area).
+  coco   pycocotools: AP over IoU .50:.95, AP50, AP75, AP for small/medium/large boxes. A COCO
+         annotation file is its own ground truth. VOC ground truth is converted in memory;
+         difficult boxes become iscrowd=1, so detections on them are ignored rather than
+         counted as false positives, as in the VOC devkit (pycocotools measures overlap with
+         them as intersection over the detection's area).
 
 --plot DIR writes pr_<class>.png per class and pr_all.png: precision against recall at IoU 0.5
 with VOC matching (for --metric coco too), the interpolated curve bold, the raw one faint.
@@ -36,40 +30,35 @@ with VOC matching (for --metric coco too), the interpolated curve bold, the raw 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--data", required=True, help="a VOC-format directory (VOC2007 itself or a VOCdevkit)")
-    parser.add_argument("--split", default="test", help="(default: %(default)s)")
+    parser.add_argument("--data", required=True,
+                        help="a VOC-format directory (VOC2007 itself or a VOCdevkit), or a COCO annotation .json "
+                             "with --images")
+    parser.add_argument("--split", default="test", help="ImageSets/Main split to evaluate on (default: %(default)s)")
+    add_images_argument(parser)
     parser.add_argument("--results", required=True,
                         help="directory of comp4_det_<split>_<class>.txt files, or a COCO detections .json")
-    parser.add_argument("--metric", choices=("voc07", "voc10", "coco"), default="voc07")
+    parser.add_argument("--metric", choices=("voc07", "voc10", "coco"), default="voc07",
+                        help="voc07, voc10 or coco: see below (default: %(default)s)")
     parser.add_argument("--classes", type=parse_classes, default=None, help="comma-separated class names")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the metrics as JSON here")
     parser.add_argument("--plot", metavar="DIR", default=None, help="write precision-recall curves as PNG here")
 
 
-def read_results(path: Path, dataset: VOCDataset) -> dict[str, Detections]:
-    """Devkit files or a COCO detections file -> image id -> Detections, restricted to the split for COCO."""
-    if path.is_file():
-        detections = read_coco_detections(path, dataset.classes)
-        split_ids = {record.image_id for record in dataset}
-        return {image_id: dets for image_id, dets in detections.items() if image_id in split_ids}
-    return read_devkit_results(path, dataset.split, dataset.classes)
-
-
 def run(args: argparse.Namespace) -> int:
-    dataset = VOCDataset(args.data, args.split, classes=args.classes)
-    detections = read_results(Path(args.results), dataset)
-    if args.metric == "coco":
-        metrics = coco_evaluate(dataset, detections)
-        print(format_coco_table(metrics))
-    else:
-        metrics = evaluate_detections(dataset, detections, metric=args.metric)
-        print(format_ap_table(metrics))
+    from detection.core.cache import atomic_write_bytes
+    from detection.evaluation.results import evaluate_results, format_metrics, read_results
+    from detection.evaluation.voc_eval import class_curves
+
+    dataset = load_data(args, classes=args.classes)
+    results = read_results(args.results, dataset)
+    metrics = evaluate_results(dataset, results, metric=args.metric)
+    print(format_metrics(metrics))
     if args.json:
         atomic_write_bytes(Path(args.json), json.dumps(metrics, indent=2).encode())
     if args.plot:
         from detection.visualize import save_pr_curves
 
         curve_metric = "voc07" if args.metric == "coco" else args.metric
-        paths = save_pr_curves(class_curves(dataset, detections, curve_metric), args.plot, curve_metric)
+        paths = save_pr_curves(class_curves(dataset, results, curve_metric), args.plot, curve_metric)
         print(f"precision-recall curves: {len(paths)} PNG files in {args.plot}")
     return 0

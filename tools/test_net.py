@@ -4,33 +4,45 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detection.core.cache import Cache
-from detection.detector import Detector
-from detection.evaluation.voc_eval import format_ap_table
-from detection.runs.test import test_model
-from detection.data.voc import VOCDataset
-from tools.common import add_runtime_arguments
+from tools.common import (
+    add_images_argument,
+    add_runtime_arguments,
+    add_test_time_set_argument,
+    device_from_args,
+    load_data,
+    model_overrides,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="a VOC-format directory (VOC2007 itself or a VOCdevkit)")
-    parser.add_argument("--split", default="test", help="(default: %(default)s)")
+    parser.add_argument("--data", required=True,
+                        help="a VOC-format directory (VOC2007 itself or a VOCdevkit), or a COCO annotation .json "
+                             "with --images")
+    parser.add_argument("--split", default="test", help="ImageSets/Main split to test on (default: %(default)s)")
+    add_images_argument(parser)
     parser.add_argument("--model", required=True, help="model.pt written by `sppnet train`")
     parser.add_argument("--out", required=True, help="output directory: results/, metrics.json")
     parser.add_argument("--metric", choices=("voc07", "voc10"), default="voc07",
                         help="voc07: 11-point AP (default); voc10: area under the PR curve")
     parser.add_argument("--cache-dir", default=None,
                         help="proposal/conv cache (default: OUT/cache); share it between runs to skip recomputation")
+    add_test_time_set_argument(parser)
     add_runtime_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    overrides = model_overrides(args)
+    from detection.core.cache import Cache
+    from detection.detector import Detector
+    from detection.evaluation.results import format_metrics
+    from detection.runs.test import test_model
+
     cache = Cache(args.cache_dir or Path(args.out) / "cache")
-    detector = Detector.load(args.model, device=args.device, cache=cache)
-    dataset = VOCDataset(args.data, args.split, classes=detector.classes)
+    detector = Detector.load(args.model, device=device_from_args(args), cache=cache, overrides=overrides)
+    dataset = load_data(args, classes=detector.classes)
     metrics = test_model(detector, dataset, args.out, cache, metric=args.metric, workers=args.workers,
                          progress=not args.quiet)
-    print(format_ap_table(metrics))
+    print(format_metrics(metrics))
     for reason in metrics.get("failed_images", {}).values():
         print(f"failed: {reason}")
     return 1 if metrics.get("failed_images") else 0

@@ -8,8 +8,6 @@ writers); COCO's (x, y, w, h) is converted in the COCO writer.
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torchvision
 
 
 def box_area(boxes: np.ndarray) -> np.ndarray:
@@ -83,6 +81,10 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, iou_t
     """(N, 4), (N,), (N,) -> indices kept, NMS run independently within each group (class)."""
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
+    # imported here: the proposal workers use this module and need neither (about 700 MB each)
+    import torch
+    import torchvision
+
     t = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4).clone()
     t[:, 2:] += 1
     keep = torchvision.ops.batched_nms(

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from detection.core.config import DEFAULT_MAX_PIXELS
 from detection.core.errors import SppnetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-DEFAULT_MAX_PIXELS = 100_000_000
 
 
 class ImageError(SppnetError, ValueError):
@@ -67,6 +67,26 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, mi
     if min(array.shape[:2]) < min_side:
         raise ImageError(path, f"{array.shape[1]}x{array.shape[0]} is smaller than {min_side} px on a side")
     return array
+
+
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90°
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) of the array :func:`load_image` decodes, read from the file's header alone.
+
+    None when the file is missing or its header cannot be read (:func:`load_image` then says why).
+    A PNG whose EXIF chunk comes after its pixels counts as unrotated: finding that chunk would
+    mean decoding the whole image.
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            late_png_exif = image.format == "PNG" and "exif" not in image.info
+            orientation = None if late_png_exif else image.getexif().get(0x0112)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
 
 
 def as_rgb_array(image, name: str = "<array>") -> np.ndarray:

@@ -12,39 +12,45 @@ from pathlib import Path
 import numpy as np
 
 from detection.core.cache import atomic_write_bytes
-from detection.core.detections import Detections, check_labels
+from detection.core.detections import ClassDetections, Detections, by_class
+from detection.core.errors import SppnetError
+
+
+class ResultsError(SppnetError, ValueError):
+    """Detections that cannot be written or evaluated (a malformed result line, results of another
+    split, an image id a result file cannot hold); the message names the file, line or image."""
 
 
 def devkit_results_path(results_dir: str | Path, split: str, class_name: str, prefix: str = "comp4_det") -> Path:
     return Path(results_dir) / f"{prefix}_{split}_{class_name}.txt"
 
 
-def _class_lines(image_id: str, dets: Detections, num_classes: int) -> list[tuple[int, str]]:
-    """(label, line) of each detection of one image, coordinates shifted to 1-based."""
+def check_image_id(image_id: str) -> None:
+    """Raise :class:`ResultsError` for an image id that a devkit line cannot hold (empty or with whitespace)."""
     if not image_id or any(c.isspace() for c in image_id):
-        raise ValueError(f"image id {image_id!r} cannot be written to a devkit file (empty or with whitespace)")
-    labels = np.asarray(dets.labels, dtype=np.int64).reshape(-1)
-    check_labels(labels, num_classes, image_id)
-    boxes = np.asarray(dets.boxes, dtype=np.float64).reshape(-1, 4) + 1
-    scores = np.asarray(dets.scores, dtype=np.float64).reshape(-1)
-    return [(int(label), f"{image_id} {score:.6f} {x1:.1f} {y1:.1f} {x2:.1f} {y2:.1f}\n")
-            for label, score, (x1, y1, x2, y2) in zip(labels, scores, boxes.tolist())]
+        raise ResultsError(f"image id {image_id!r} cannot be written to a devkit file (empty or with whitespace)")
+
+
+def _lines(results: ClassDetections) -> str:
+    """One class's detections as a devkit file's text, coordinates shifted to 1-based."""
+    boxes = np.asarray(results.boxes, dtype=np.float64).reshape(-1, 4) + 1
+    return "".join(f"{image_id} {score:.6f} {x1:.1f} {y1:.1f} {x2:.1f} {y2:.1f}\n"
+                   for image_id, score, (x1, y1, x2, y2) in zip(results.image_ids.tolist(),
+                                                                 results.scores.tolist(), boxes.tolist()))
 
 
 def write_devkit_results(out_dir: str | Path, split: str, classes: tuple[str, ...] | list[str],
                          detections: dict[str, Detections], prefix: str = "comp4_det") -> list[Path]:
     """Write every class's file (empty when it has no detection), each atomically; return their paths.
 
-    Lines follow ``detections``' image order, then each image's detection order.
+    Lines follow ``detections``' image order, then each image's detection order (:func:`by_class`).
     """
-    lines: list[list[str]] = [[] for _ in classes]
-    for image_id, dets in detections.items():
-        for label, line in _class_lines(image_id, dets, len(classes)):
-            lines[label].append(line)
+    for image_id in detections:
+        check_image_id(image_id)
     paths = []
-    for name, class_lines in zip(classes, lines):
+    for name, results in zip(classes, by_class(detections, len(classes))):
         path = devkit_results_path(out_dir, split, name, prefix)
-        atomic_write_bytes(path, "".join(class_lines).encode())
+        atomic_write_bytes(path, _lines(results).encode())
         paths.append(path)
     return paths
 
@@ -57,36 +63,30 @@ def _parse_line(path: Path, line_number: int, line: str) -> tuple[str, float, li
             return fields[0], score, box
     except ValueError:
         pass
-    raise ValueError(f"{path}, line {line_number}: expected '<image_id> <score> <x1> <y1> <x2> <y2>', "
+    raise ResultsError(f"{path}, line {line_number}: expected '<image_id> <score> <x1> <y1> <x2> <y2>', "
                      f"got {line.strip()!r}")
 
 
 def read_devkit_results(results_dir: str | Path, split: str, classes: tuple[str, ...] | list[str],
-                        prefix: str = "comp4_det") -> dict[str, Detections]:
-    """The detections of devkit result files, image id -> Detections with 0-based boxes.
+                        prefix: str = "comp4_det") -> list[ClassDetections]:
+    """The detections of devkit result files, one :class:`ClassDetections` per class, in file order
+    (which decides ties in score, as in the devkit), boxes 0-based.
 
     A missing class file means no detections of that class; no file at all is an error, as that is
     a wrong directory, split or prefix far more often than a detector that found nothing.
-    Within an image, detections are ordered by class, then by their order in the file.
     """
     paths = [devkit_results_path(results_dir, split, name, prefix) for name in classes]
     if not any(path.is_file() for path in paths):
         raise FileNotFoundError(f"{results_dir}: no {prefix}_{split}_<class>.txt result file for any of "
                                 f"the {len(classes)} classes")
-    per_image: dict[str, tuple[list[list[float]], list[float], list[int]]] = {}
-    for label, path in enumerate(paths):
-        if not path.is_file():
+    results = []
+    for path in paths:
+        lines = path.read_text().splitlines() if path.is_file() else []
+        parsed = [_parse_line(path, number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+        if not parsed:
+            results.append(ClassDetections.empty())
             continue
-        for line_number, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            image_id, score, box = _parse_line(path, line_number, line)
-            boxes, scores, labels = per_image.setdefault(image_id, ([], [], []))
-            boxes.append(box)
-            scores.append(score)
-            labels.append(label)
-    return {
-        image_id: Detections(np.array(boxes, dtype=np.float64).reshape(-1, 4) - 1, np.array(scores, dtype=np.float64),
-                             np.array(labels, dtype=np.int64))
-        for image_id, (boxes, scores, labels) in per_image.items()
-    }
+        ids, scores, boxes = zip(*parsed)
+        results.append(ClassDetections(np.array(ids, dtype=str), np.array(scores, dtype=np.float64),
+                                       np.array(boxes, dtype=np.float64).reshape(-1, 4) - 1))
+    return results

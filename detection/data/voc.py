@@ -6,12 +6,18 @@ Boxes are converted from the files' 1-based inclusive pixel indices to the code'
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from detection.core.errors import SppnetError
+from detection.data.records import (
+    Dataset,
+    DatasetError,
+    check_spelling,
+    checked_names,
+)
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -19,25 +25,10 @@ VOC_CLASSES = (
 )
 
 
-class DatasetError(SppnetError, ValueError):
-    """A VOC directory or annotation that cannot be used; the message names the file."""
-
-
-@dataclass
-class ImageRecord:
-    """One annotated image. ``boxes`` (G, 4) float 0-based, ``labels`` (G,) class indices, ``difficult`` (G,)."""
-
-    image_id: str
-    path: Path
-    width: int
-    height: int
-    boxes: np.ndarray
-    labels: np.ndarray
-    difficult: np.ndarray
-
-
 @dataclass
 class Annotation:
+    """One VOC annotation file: its <size>, and per object its name, 0-based box (G, 4), difficult flag (G,)."""
+
     width: int
     height: int
     names: list[str]
@@ -61,11 +52,19 @@ def resolve_voc_root(path: str | Path) -> Path:
     raise DatasetError(f"{path}: not a VOC directory (no Annotations/ here or in a VOC*/ subdirectory)")
 
 
+def split_file(root: Path, split: str) -> Path:
+    return root / "ImageSets" / "Main" / f"{split}.txt"
+
+
 def read_split(root: Path, split: str) -> list[str]:
-    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
-    if not split_file.is_file():
-        raise DatasetError(f"{split_file}: split file not found")
-    return [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+    path = split_file(root, split)
+    if not path.is_file():
+        raise DatasetError(f"{path}: split file not found")
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    twice = next((image_id for image_id, count in Counter(ids).items() if count > 1), None)
+    if twice is not None:
+        raise DatasetError(f"{path}: image '{twice}' is listed more than once")
+    return ids
 
 
 def parse_annotation(xml_path: Path) -> Annotation:
@@ -76,8 +75,8 @@ def parse_annotation(xml_path: Path) -> Annotation:
         names, boxes, difficult = [], [], []
         for obj in tree.iter("object"):
             bb = obj.find("bndbox")
-            # 1-based inclusive -> 0-based; max(…, 0) so a box at xmin=0 (off-spec but seen) cannot underflow
-            coords = [max(float(bb.findtext(k)) - 1, 0.0) for k in ("xmin", "ymin", "xmax", "ymax")]
+            # 1-based inclusive -> 0-based; a box beyond the image (xmin=0 is off-spec but seen) is clipped later
+            coords = [float(bb.findtext(k)) - 1 for k in ("xmin", "ymin", "xmax", "ymax")]
             names.append(obj.findtext("name").strip())
             boxes.append(coords)
             difficult.append(int(obj.findtext("difficult") or 0) == 1)
@@ -87,14 +86,24 @@ def parse_annotation(xml_path: Path) -> Annotation:
                       np.array(difficult, dtype=bool))
 
 
-def infer_classes(root: Path) -> tuple[str, ...]:
-    """The 20 VOC classes when every annotated name is one of them, else the sorted names found."""
-    names = set()
-    for xml_path in sorted((root / "Annotations").glob("*.xml")):
-        names.update(parse_annotation(xml_path).names)
-    if names <= set(VOC_CLASSES):
+def infer_classes(names_by_file: dict[str, list[str]]) -> tuple[str, ...]:
+    """The class list of a split whose annotation files (file -> class names) name no list themselves.
+
+    The 20 VOC classes when every name is one of them; else the sorted names found, unless some are
+    VOC classes and others not (a stray name in VOC data would otherwise drop VOC's list and shift
+    every label), or two names are one class spelt two ways: both are a :class:`DatasetError`
+    naming the file.
+    """
+    found = checked_names(names_by_file)
+    if set(found) <= set(VOC_CLASSES):
         return VOC_CLASSES
-    return tuple(sorted(names))
+    if set(found) & set(VOC_CLASSES):
+        source, name = next((source, name) for source, names in names_by_file.items()
+                            for name in names if name not in VOC_CLASSES)
+        raise DatasetError(f"{source}: class '{name}' is not one of the 20 VOC classes that the other "
+                           f"annotations use; to train on other classes name them all, e.g. "
+                           f"--classes {','.join(found)}")
+    return found
 
 
 def _find_image(root: Path, image_id: str) -> Path:
@@ -105,33 +114,35 @@ def _find_image(root: Path, image_id: str) -> Path:
     return root / "JPEGImages" / f"{image_id}.jpg"
 
 
-class VOCDataset:
-    """The annotated images of one split; ``classes`` fixes the label indices."""
+class VOCDataset(Dataset):
+    """The annotated images of one split; ``classes`` fixes the label indices.
+
+    Only the split's annotation files are read. Without ``classes`` the list is inferred from
+    them (:func:`infer_classes`); with it, objects of other classes are ignored (and counted).
+    Every check of :mod:`detection.data.records` applies.
+    """
 
     def __init__(self, path: str | Path, split: str, classes: tuple[str, ...] | None = None):
+        super().__init__()
         self.root = resolve_voc_root(path)
         self.split = split
-        self.classes = tuple(classes) if classes else infer_classes(self.root)
-        index = {name: i for i, name in enumerate(self.classes)}
-        self.records: list[ImageRecord] = []
+        annotations: dict[str, tuple[Path, Annotation]] = {}
         for image_id in read_split(self.root, split):
             xml_path = self.root / "Annotations" / f"{image_id}.xml"
             if not xml_path.is_file():
                 raise DatasetError(f"{xml_path}: annotation for image '{image_id}' of split '{split}' not found")
-            ann = parse_annotation(xml_path)
-            # objects of classes outside the chosen list (``--classes``) are not this model's business
-            keep = np.array([n in index for n in ann.names], dtype=bool)
-            labels = np.array([index[n] for n in ann.names if n in index], dtype=np.int64)
-            self.records.append(ImageRecord(
-                image_id=image_id, path=_find_image(self.root, image_id), width=ann.width, height=ann.height,
-                boxes=ann.boxes[keep], labels=labels, difficult=ann.difficult[keep],
-            ))
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> ImageRecord:
-        return self.records[i]
-
-    def __iter__(self):
-        return iter(self.records)
+            annotations[image_id] = xml_path, parse_annotation(xml_path)
+        names = {str(xml_path): ann.names for xml_path, ann in annotations.values()}
+        if classes:
+            self.classes = tuple(classes)
+            check_spelling(names, self.classes)
+        else:
+            self.classes = infer_classes(names)
+        index = {name: i for i, name in enumerate(self.classes)}
+        for image_id, (xml_path, ann) in annotations.items():
+            b = ann.boxes + 1
+            self._add(image_id, _find_image(self.root, image_id), str(xml_path), ann.width, ann.height, ann.boxes,
+                      np.array([index.get(n, -1) for n in ann.names], dtype=np.int64), ann.difficult,
+                      [f"object {i + 1} '{n}' (xmin {b[i, 0]:g}, ymin {b[i, 1]:g}, xmax {b[i, 2]:g}, ymax {b[i, 3]:g})"
+                       for i, n in enumerate(ann.names)])
+        self._check_not_empty(str(split_file(self.root, split)))

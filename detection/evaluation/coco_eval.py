@@ -1,4 +1,7 @@
-"""pycocotools evaluation of a VOC-format split (``sppnet eval --metric coco``).
+"""pycocotools evaluation of a split (``sppnet eval --metric coco``), of either format.
+
+A COCO data set is scored against its own annotation file (:func:`~detection.data.coco.coco_ground_truth`).
+What follows is about a VOC-format one.
 
 Boxes and category ids are converted as :mod:`detection.data.coco` describes. The GT is converted in
 memory, one COCO image per split image (ids 1..N in split order) and one annotation per object,
@@ -16,9 +19,11 @@ import io
 
 import numpy as np
 
-from detection.core.detections import Detections, check_labels
-from detection.data.coco import coco_annotations, voc_to_coco
-from detection.data.voc import VOCDataset
+from detection.core.boxes import to_coco_boxes
+from detection.core.detections import ClassDetections
+from detection.data.coco import coco_ground_truth
+from detection.data.records import Dataset
+from detection.evaluation.voc_eval import check_split_images
 
 # COCOeval.stats indices of the summary numbers reported, by name
 COCO_SUMMARY = {"AP": 0, "AP50": 1, "AP75": 2, "AP_small": 3, "AP_medium": 4, "AP_large": 5}
@@ -35,39 +40,48 @@ def _coco(dataset: dict):
     return coco
 
 
-def _per_class_ap(precision: np.ndarray, classes: tuple[str, ...]) -> dict[str, float | None]:
+def _per_class_ap(precision: np.ndarray, categories: list[dict],
+                  classes: tuple[str, ...]) -> dict[str, float | None]:
     """COCOeval's precision (T, R, K, A, M) -> class -> AP over IoU .50:.95, all areas, 100 detections.
 
+    ``categories[k]`` is the category of ``classes[k]``; COCOeval's K axis is in increasing category id.
     None for a class without (non-crowd) GT boxes, which pycocotools leaves out of the mean as well.
     """
+    axis = {category_id: k for k, category_id in enumerate(sorted(c["id"] for c in categories))}
     ap = {}
-    for k, name in enumerate(classes):
-        values = precision[:, :, k, 0, -1]
+    for category, name in zip(categories, classes):
+        values = precision[:, :, axis[category["id"]], 0, -1]
         valid = values > -1
         ap[name] = float(values[valid].mean()) if valid.any() else None
     return ap
 
 
-def coco_evaluate(dataset: VOCDataset, detections: dict[str, Detections]) -> dict:
-    """pycocotools bbox AP of ``detections`` (image id -> Detections) on a VOC-format split.
+def _result_annotations(ground_truth: dict, dataset: Dataset, results: list[ClassDetections]) -> list[dict]:
+    """Per-class detections -> pycocotools result annotations, with the ground truth's image and category ids."""
+    image_ids = {record.image_id: image["id"] for record, image in zip(dataset, ground_truth["images"])}
+    annotations: list[dict] = []
+    for category, r in zip(ground_truth["categories"], results, strict=True):
+        boxes = to_coco_boxes(r.boxes)
+        annotations += [{"id": len(annotations) + i + 1, "image_id": image_ids[image_id], "category_id": category["id"],
+                         "bbox": box, "area": box[2] * box[3], "score": score, "iscrowd": 0}
+                        for i, (image_id, score, box) in enumerate(zip(r.image_ids.tolist(), r.scores.tolist(),
+                                                                       boxes.tolist()))]
+    return annotations
+
+
+def coco_evaluate(dataset: Dataset, results: list[ClassDetections]) -> dict:
+    """pycocotools bbox AP of per-class detections (``results[k]`` of ``dataset.classes[k]``) on a split.
 
     Returns ``{"metric": "coco", "mAP": AP, "AP": ..., "AP50": ..., "AP75": ..., "AP_small": ...,
     "AP_medium": ..., "AP_large": ..., "ap": {class: AP or None}}``; a summary number without GT to
-    measure it on (e.g. no small objects) is None. As in :func:`evaluate_detections`, an image
-    outside the split is an error.
+    measure it on (e.g. no small objects) is None. As in VOC evaluation, an image outside the
+    split is an error.
     """
     from pycocotools.cocoeval import COCOeval
 
-    ids = {record.image_id: i for i, record in enumerate(dataset, start=1)}
-    unknown = sorted(set(detections) - set(ids))
-    if unknown:
-        raise ValueError(f"detections for {len(unknown)} image(s) not in split '{dataset.split}' "
-                         f"of {dataset.root}, e.g. '{unknown[0]}'")
-    ground_truth = voc_to_coco(dataset)
-    annotations: list[dict] = []
-    for image_id, dets in detections.items():
-        check_labels(np.asarray(dets.labels, dtype=np.int64), len(dataset.classes), image_id)
-        annotations += coco_annotations(ids[image_id], dets, first_id=len(annotations) + 1)
+    check_split_images(dataset, {image_id for r in results for image_id in r.image_ids.tolist()})
+    ground_truth = coco_ground_truth(dataset)
+    annotations = _result_annotations(ground_truth, dataset, results)
     # built directly rather than through loadRes, which fails on an empty result list
     results = {"images": ground_truth["images"], "categories": ground_truth["categories"], "annotations": annotations}
     evaluator = COCOeval(_coco(ground_truth), _coco(results), "bbox")
@@ -78,7 +92,7 @@ def coco_evaluate(dataset: VOCDataset, detections: dict[str, Detections]) -> dic
     summary = {name: (float(evaluator.stats[i]) if evaluator.stats[i] > -1 else None)
                for name, i in COCO_SUMMARY.items()}
     return {"metric": "coco", "mAP": summary["AP"], **summary,
-            "ap": _per_class_ap(evaluator.eval["precision"], dataset.classes)}
+            "ap": _per_class_ap(evaluator.eval["precision"], ground_truth["categories"], dataset.classes)}
 
 
 def format_coco_table(result: dict) -> str:

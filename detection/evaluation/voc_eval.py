@@ -3,21 +3,25 @@
 Follows the devkit's ``VOCevaldet.m`` (and py-faster-rcnn's ``voc_eval.py`` port of it):
 
 - detections of a class are sorted by decreasing score; equal scores keep their input order, as
-  MATLAB's stable ``sort`` keeps the result file's order (numpy's default sort would not);
+  MATLAB's stable ``sort`` keeps the result file's order (numpy's default sort would not). The
+  input is therefore per class (:class:`~detection.core.detections.ClassDetections`): a class's
+  result file read in line order, or, for detections held in memory, in the order
+  :func:`~detection.data.devkit.write_devkit_results` writes them;
 - each detection is compared with the GT boxes of its class in its image only, and takes the one
   of highest IoU (+1 inclusive areas; the first such box on ties). IoU ≥ threshold (0.5 itself
   counts, as ``ovmax >= minoverlap`` in the devkit; py-faster-rcnn's ``>`` differs here) makes it
   a true positive, unless that box is difficult (then it is neither TP nor FP) or was already
   matched by a higher-scoring detection (then it is a false positive). Anything else is a FP;
-- recall = cumsum(TP) / #non-difficult GT, precision = cumsum(TP) / cumsum(TP + FP).
+- recall = cumsum(TP) / #non-difficult GT, precision = cumsum(TP) / cumsum(TP + FP);
+- the 11-point AP sums ``p / 11`` over the thresholds ``t = 0:0.1:1`` as MATLAB computes them
+  (:data:`ELEVEN_POINTS`: the fourth is 0.30000000000000004, so a recall of exactly 3/10 does not
+  reach it; py-faster-rcnn's ``np.arange(0, 1.1, 0.1)`` also misses 6/10 and 7/10, which MATLAB's
+  exact 0.6 and 0.7 let through).
 
-Two deliberate departures from the letter of the reference code, both outside its usual inputs:
-
-- precision is 0, not 0/0 = NaN, at leading detections that only hit difficult boxes (the fix
-  Detectron's copy of ``voc_eval.py`` made: py-faster-rcnn's ``np.max`` then returns NaN);
-- the 11-point thresholds are the correctly rounded 0.0, 0.1, ..., 1.0: py-faster-rcnn's
-  ``np.arange(0, 1.1, 0.1)`` holds 0.30000000000000004, 0.6000000000000001 and 0.7000000000000001,
-  which drop a recall of exactly 3/10, 6/10 or 7/10 from those points.
+One deliberate departure from the letter of the reference code, outside its usual inputs:
+precision is 0, not 0/0 = NaN, at leading detections that only hit difficult boxes (the fix
+Detectron's copy of ``voc_eval.py`` made; MATLAB's ``max`` skips the NaN, so the AP is the same
+unless every detection of the class hits a difficult box, where the devkit gives NaN and this 0).
 
 A class without any non-difficult GT box has no defined recall; its AP is reported as 0.0 (the
 devkit's 11-point value there) and, as in py-faster-rcnn's ``np.mean(aps)``, counts in the mAP.
@@ -27,12 +31,17 @@ from __future__ import annotations
 import numpy as np
 
 from detection.core.boxes import max_overlaps
-from detection.core.detections import Detections, check_labels
-from detection.data.voc import VOCDataset
+from detection.core.detections import ClassDetections, Detections, by_class
+from detection.data.devkit import ResultsError
+from detection.data.records import Dataset
 
 METRICS = ("voc07", "voc10")
 
-_ELEVEN_POINTS = np.arange(11) / 10.0
+# VOCevaldet.m's ``for t=0:0.1:1`` as MATLAB evaluates the colon: the first half of the range as
+# start + k * step, the second half as stop - k * step (MathWorks' description of the colon
+# operator), so 0.30000000000000004 but exactly 0.6 and 0.7, unlike np.arange(11) * 0.1.
+_K = np.arange(11)
+ELEVEN_POINTS = np.where(_K <= 5, _K * 0.1, 1 - (10 - _K) * 0.1)
 
 # image id -> (GT boxes (G, 4) of one class, their difficult flags (G,))
 GroundTruth = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -46,7 +55,9 @@ def _check_metric(metric: str) -> None:
 def voc_ap(recall: np.ndarray, precision: np.ndarray, metric: str = "voc07") -> float:
     """Average precision of a precision/recall curve, (M,), (M,) in decreasing-score order -> float.
 
-    ``voc07``: mean over t = 0, 0.1, ..., 1 of the highest precision at recall ≥ t (0 if none).
+    ``voc07``: mean over t in :data:`ELEVEN_POINTS` of the highest precision at recall ≥ t (0 if
+    none). The devkit adds ``p / 11`` one threshold at a time, which can end an ulp away (a perfect
+    class scores 1.0000000000000002 there); the mean agrees with it to 1e-15 and gives 1.0.
     ``voc10``: area under the monotone (non-increasing) envelope of precision, as ``VOCap.m``.
     """
     _check_metric(metric)
@@ -55,7 +66,7 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, metric: str = "voc07") -> 
     if recall.shape != precision.shape:
         raise ValueError(f"recall {recall.shape} and precision {precision.shape} differ in length")
     if metric == "voc07":
-        reached = recall[None, :] >= _ELEVEN_POINTS[:, None]
+        reached = recall[None, :] >= ELEVEN_POINTS[:, None]
         # precision is never negative, so an initial 0 is exactly the "0 if none" rule
         return float(np.mean(np.max(np.broadcast_to(precision, reached.shape), axis=1, where=reached, initial=0.0)))
     mrec = np.concatenate(([0.0], recall, [1.0]))
@@ -143,7 +154,7 @@ def evaluate_class(image_ids: np.ndarray, scores: np.ndarray, boxes: np.ndarray,
     return ap, recall, precision
 
 
-def _ground_truth_by_class(dataset: VOCDataset) -> list[GroundTruth]:
+def _ground_truth_by_class(dataset: Dataset) -> list[GroundTruth]:
     """For each class index, image id -> (boxes (G, 4), difficult (G,)) of the images holding that class."""
     per_class: list[GroundTruth] = [{} for _ in dataset.classes]
     for record in dataset:
@@ -153,50 +164,49 @@ def _ground_truth_by_class(dataset: VOCDataset) -> list[GroundTruth]:
     return per_class
 
 
-def _flatten(detections: dict[str, Detections], num_classes: int):
-    """All images' detections as (N,) image ids, (N,) scores, (N, 4) boxes, (N,) labels."""
-    if not detections:
-        return np.zeros(0, dtype=str), np.zeros(0), np.zeros((0, 4)), np.zeros(0, dtype=np.int64)
-    ids = np.repeat(np.array(list(detections), dtype=str), [len(d) for d in detections.values()])
-    scores = np.concatenate([np.asarray(d.scores, dtype=np.float64).reshape(-1) for d in detections.values()])
-    boxes = np.concatenate([np.asarray(d.boxes, dtype=np.float64).reshape(-1, 4) for d in detections.values()])
-    labels = np.concatenate([np.asarray(d.labels, dtype=np.int64).reshape(-1) for d in detections.values()])
-    check_labels(labels, num_classes, ids)
-    return ids, scores, boxes, labels
+def check_split_images(dataset: Dataset, image_ids) -> None:
+    """Raise :class:`~detection.data.devkit.ResultsError` when an image id is not in the split (the
+    devkit's "unrecognized image"), as that means results of another split."""
+    unknown = sorted(set(image_ids) - {record.image_id for record in dataset})
+    if unknown:
+        raise ResultsError(f"detections for {len(unknown)} image(s) not in split '{dataset.split}' "
+                         f"of {dataset.root}, e.g. '{unknown[0]}'")
 
 
-def class_curves(dataset: VOCDataset, detections: dict[str, Detections], metric: str = "voc07",
+def class_curves(dataset: Dataset, results: list[ClassDetections], metric: str = "voc07",
                  iou_threshold: float = 0.5) -> dict[str, tuple[float, np.ndarray, np.ndarray]]:
     """Class name -> (AP, recall (M,), precision (M,)) of :func:`evaluate_class`, for every class.
 
-    Images of the split without an entry have no detections; an entry for an image outside the
-    split is an error (the devkit's "unrecognized image"), as it means results of another split.
+    ``results[k]``: the detections of ``dataset.classes[k]``, in their file order. Images of the
+    split without detections have none; an image outside the split is an error (:func:`check_split_images`).
     """
     _check_metric(metric)
-    split_ids = {record.image_id for record in dataset}
-    unknown = sorted(set(detections) - split_ids)
-    if unknown:
-        raise ValueError(f"detections for {len(unknown)} image(s) not in split '{dataset.split}' "
-                         f"of {dataset.root}, e.g. '{unknown[0]}'")
-    ids, scores, boxes, labels = _flatten(detections, len(dataset.classes))
+    if len(results) != len(dataset.classes):
+        raise ValueError(f"{len(results)} classes of detections for the {len(dataset.classes)} classes of the data set")
+    check_split_images(dataset, {image_id for r in results for image_id in r.image_ids.tolist()})
     ground_truth = _ground_truth_by_class(dataset)
-    curves = {}
-    for label, name in enumerate(dataset.classes):
-        mine = labels == label
-        curves[name] = evaluate_class(ids[mine], scores[mine], boxes[mine], ground_truth[label],
-                                      iou_threshold=iou_threshold, metric=metric)
-    return curves
+    return {name: evaluate_class(r.image_ids, r.scores, r.boxes, ground_truth[label],
+                                 iou_threshold=iou_threshold, metric=metric)
+            for label, (name, r) in enumerate(zip(dataset.classes, results))}
 
 
-def evaluate_detections(dataset: VOCDataset, detections: dict[str, Detections], metric: str = "voc07",
-                        iou_threshold: float = 0.5) -> dict:
-    """Per-class AP and mAP of ``detections`` (image id -> Detections; labels index ``dataset.classes``).
+def evaluate_by_class(dataset: Dataset, results: list[ClassDetections], metric: str = "voc07",
+                      iou_threshold: float = 0.5) -> dict:
+    """Per-class AP and mAP of per-class detections (as :func:`class_curves` takes them).
 
-    Checks the image ids as :func:`class_curves` does.
     Returns ``{"metric": metric, "mAP": float, "ap": {class name: float, ...}}``, JSON-ready.
     """
-    ap = {name: curve[0] for name, curve in class_curves(dataset, detections, metric, iou_threshold).items()}
+    ap = {name: curve[0] for name, curve in class_curves(dataset, results, metric, iou_threshold).items()}
     return {"metric": metric, "mAP": float(np.mean(list(ap.values()))), "ap": ap}
+
+
+def evaluate_detections(dataset: Dataset, detections: dict[str, Detections], metric: str = "voc07",
+                        iou_threshold: float = 0.5) -> dict:
+    """:func:`evaluate_by_class` of ``detections`` (image id -> Detections; labels index ``dataset.classes``),
+    ties in score broken in the order their devkit files would list them (:func:`~detection.core.detections.by_class`).
+    """
+    check_split_images(dataset, detections)
+    return evaluate_by_class(dataset, by_class(detections, len(dataset.classes)), metric, iou_threshold)
 
 
 def format_ap_table(result: dict) -> str:

@@ -9,7 +9,7 @@ import torch
 
 from detection.core.boxes import flip_boxes
 from detection.core.images import load_image
-from detection.data.voc import ImageRecord
+from detection.data.records import ImageRecord
 from detection.training.stages import FLIP_SUFFIX
 from detection.training.windows import TrainingWindows
 from features.extractor import CONV_STAGE

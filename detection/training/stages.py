@@ -22,7 +22,6 @@ are atomic (:mod:`detection.core.cache`), so a killed run leaves complete entrie
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
@@ -33,8 +32,6 @@ from detection.core.cache import Cache
 from detection.core.config import SPPConfig, fingerprint
 from detection.core.errors import SppnetError
 from detection.data.voc import VOCDataset
-
-STAGES = ("proposals", "conv", "finetune", "svm", "bbox")
 
 # The stages whose outputs a stage reads (when they are needed at all: see :func:`skip_reason`).
 UPSTREAM = {
@@ -52,15 +49,6 @@ _INFO_KEY = "__info__"  # the JSON part of a stage output, stored as a string ar
 
 class StageError(SppnetError, RuntimeError):
     """A stage cannot run: an output it reads is missing. The one-line message says what to run."""
-
-
-def parse_stages(text: str) -> tuple[str, ...]:
-    """'svm,bbox' -> ('svm', 'bbox'): the named stages in pipeline order; ValueError on an unknown name."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in STAGES]
-    if unknown or not names:
-        raise ValueError(f"unknown stage(s) {', '.join(unknown) or '(none given)'}; choose from {','.join(STAGES)}")
-    return tuple(stage for stage in STAGES if stage in names)
 
 
 def dataset_fingerprint(dataset: VOCDataset) -> str:
@@ -92,8 +80,7 @@ def stage_fingerprints(config: SPPConfig, proposals: str, backbone_weights: str,
     """
     conv = fingerprint(config.features.backbone, backbone_weights, tuple(config.features.scales))
     upstream = (proposals, conv, dataset, config.features)  # features: pooling (levels, rules) shapes every vector
-    # where checkpoints fall changes no weight (the fine-tuner resumes bit-identically)
-    finetune_settings = dataclasses.replace(config.finetune, checkpoint_every=0)
+    finetune_settings = config.finetune.weight_settings()  # the settings that change the weights
     finetune = fingerprint("finetune", *upstream, finetune_settings, pretrained_head)
     layer = config.svm.feature_layer
     if layer == "pool5":

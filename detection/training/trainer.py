@@ -23,28 +23,26 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from detection.core.cache import Cache, atomic_write_bytes
-from detection.core.config import SPPConfig
+from detection.core.config import STAGES, SPPConfig
 from detection.core.errors import SppnetError
 from detection.core.images import load_image
 from detection.data.voc import VOCDataset
 from detection.detector import (
     Detector,
     check_scoring,
-    default_device,
     head_from_state,
     head_layer,
     layer_features,
+    resolve_device,
     state_hash,
     weights_id,
 )
 from detection.training.log import TrainingLog, format_svm_retrain, summarise_svm_history
 from detection.training.memo import MapReader, PooledWindows
 from detection.training.stages import (
-    STAGES,
     UPSTREAM,
     StageStore,
     dataset_fingerprint,
@@ -84,7 +82,7 @@ class Trainer:
         self.config = config
         self.work_dir = Path(work_dir)
         self.cache = Cache(cache_dir if cache_dir is not None else self.work_dir / "cache")
-        self.device = torch.device(device or default_device())
+        self.device = resolve_device(device)
         self.workers = workers
         self.progress = progress
         self.log = TrainingLog(self.work_dir / "train.log", log)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from detection.core.boxes import box_iou
-from detection.data.voc import ImageRecord
+from detection.data.records import ImageRecord
 from proposals.store import with_ground_truth
 
 

@@ -3,7 +3,10 @@
 The modules: :mod:`.inputs` (finding, listing and sharding files), :mod:`.pipeline` (reading and
 proposals in worker processes), :mod:`.records` (filters and jsonl records), :mod:`.outputs` (the
 ``OUT`` directory: stream, failures, resume, merge), :mod:`.run` (the loop of one process),
-:mod:`.distributed` (torchrun) and :mod:`.folder` (a whole run from Python: :func:`detect_folder`).
+:mod:`.distributed` (torchrun), :mod:`.video` (frames of video files), :mod:`.refilter` (``sppnet
+filter``: a finished run filtered again from its records) and :mod:`.folder` (a whole run
+from Python: :func:`detection.runs.batch.folder.detect_folder`; not imported here, as it loads torch,
+which the worker processes importing this package do not need).
 
 The work flows in two stages. A pool of worker processes (:mod:`proposals.pool`) reads each image
 (:func:`load_image`: EXIF orientation, grayscale, palette, alpha, 16-bit, CMYK) and runs selective
@@ -16,13 +19,17 @@ Outputs under ``OUT``:
 - ``predictions.jsonl``: one line per image as soon as it is done (flushed, so a crash loses
   nothing finished): ``{"file", "width", "height", "detections": [{"box": [x1, y1, x2, y2],
   "score", "label"}]}``, absolute file paths, 0-based inclusive pixel boxes, scores as the model
-  gives them (SVM margins: 0 is the decision boundary);
+  gives them (SVM margins: 0 is the decision boundary); a video frame's line also has ``"frame"``
+  and ``"time"``;
 - ``detections.json``: the same in COCO format (:mod:`detection.data.coco`), rebuilt from the jsonl
-  lines at the end of every run, one image per file (ids 1..N in file order), so it never holds
-  an image twice;
+  lines at the end of every run, one image per file or frame (ids 1..N in name order), so it
+  never holds an image twice; streamed, so no run holds its records in memory;
 - ``failed.tsv``: ``path<TAB>reason`` of each image that failed, one line each;
 - ``vis/``: with ``save_vis``, each image with its detections drawn, at its path relative to the
-  deepest directory holding all inputs;
+  deepest directory holding all inputs, written before the image's jsonl line (a kill or a full
+  disk in between leaves the image undone, so a rerun redoes it);
+- ``.lock`` (``parts/shard<i>-of-<n>.lock`` for a shard): held by the process writing, so a second
+  run into the same ``OUT`` stops at once with an error naming the first one's pid;
 - ``run.json``: the model's hash and the filters. A rerun with the same ``OUT`` skips the images
   already in the jsonl (failed ones are tried again); it refuses other settings, which would mix
   two kinds of results in one file.
@@ -36,7 +43,6 @@ Parts are kept after merging, as another shard may still be appending to its own
 """
 from detection.runs.batch.distributed import distributed_env, gather_counts
 from detection.runs.batch.errors import BatchError
-from detection.runs.batch.folder import MIN_SIDE_STRIDES, FolderDetection, Merged, detect_folder
 from detection.runs.batch.inputs import common_root, find_images, read_list_file, shard
 from detection.runs.batch.outputs import (
     DETECTIONS, FAILED, PARTS, PREDICTIONS, SETTINGS, VIS, OutputDir, PredictionStream, file_sha1, read_failures,
@@ -47,10 +53,9 @@ from detection.runs.batch.records import DetectionFilter, class_indices, predict
 from detection.runs.batch.run import BatchSummary, detect_files, share_cores
 
 __all__ = [
-    "BatchError", "BatchSummary", "DETECTIONS", "DetectionFilter", "FAILED", "FolderDetection", "MIN_SIDE_STRIDES",
-    "Merged", "OutputDir", "PARTS", "PREDICTIONS", "PredictionStream", "Prepared", "ProposalPipeline",
-    "ReadOptions", "SETTINGS", "VIS", "class_indices", "common_root", "detect_files", "detect_folder",
-    "distributed_env", "file_sha1", "find_images", "gather_counts", "prediction_record", "prepare_image",
-    "read_failures", "read_list_file", "read_records", "record_detections", "shard", "share_cores",
-    "write_failures",
+    "BatchError", "BatchSummary", "DETECTIONS", "DetectionFilter", "FAILED", "OutputDir", "PARTS", "PREDICTIONS",
+    "PredictionStream", "Prepared", "ProposalPipeline", "ReadOptions", "SETTINGS", "VIS", "class_indices",
+    "common_root", "detect_files", "distributed_env", "file_sha1", "find_images", "gather_counts",
+    "prediction_record", "prepare_image", "read_failures", "read_list_file", "read_records", "record_detections",
+    "shard", "share_cores", "write_failures",
 ]

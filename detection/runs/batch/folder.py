@@ -8,12 +8,15 @@ between them.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from detection.core.images import DEFAULT_MAX_PIXELS
-from detection.detector import Detector, default_device
+import torch
+
+from detection.core.config import DEFAULT_MAX_PIXELS, MIN_SIDE_STRIDES
+from detection.detector import Detector, resolve_device
 from detection.runs.batch.distributed import distributed_env, gather_counts
 from detection.runs.batch.errors import BatchError
 from detection.runs.batch.inputs import common_root, find_images, shard
@@ -21,10 +24,6 @@ from detection.runs.batch.outputs import OutputDir, file_sha1
 from detection.runs.batch.pipeline import ReadOptions
 from detection.runs.batch.records import DetectionFilter, class_indices
 from detection.runs.batch.run import BatchSummary, detect_files, share_cores
-
-# Images whose shorter side is below this many conv strides are refused: they hold fewer than 2x2
-# cells' worth of real pixels, so the rescale to the test scale (688 px) would be pure interpolation.
-MIN_SIDE_STRIDES = 2
 
 
 @dataclass
@@ -47,39 +46,63 @@ class FolderDetection:
     ``shard=(i, n)`` takes shard i of n of the sorted inputs; under torchrun (RANK/WORLD_SIZE set)
     the rank and world size pick the shard and ``device="cuda"`` means the rank's local GPU.
     ``score_thresh``, ``topk`` and ``classes`` (names) filter the detections; ``min_side``
-    defaults to :data:`MIN_SIDE_STRIDES` conv strides. Errors in the inputs, the model or
-    ``out`` (made with other settings) are raised here, before any image is read.
+    defaults to :data:`MIN_SIDE_STRIDES` conv strides; of a video, every ``video_stride``-th frame
+    is taken; ``overrides`` change the model's test-time options (``{"test.nms_iou": 0.4}``, see
+    :meth:`Detector.load`). Errors in the inputs, the model or ``out`` (made with other settings,
+    in use by another process) are raised here, before any image is read. The lock on ``out`` is
+    held until :meth:`close` (or the end of a ``with`` block).
     """
 
     def __init__(self, model: str | os.PathLike, inputs: Sequence[str], out: str | os.PathLike, *,
                  list_file: str | os.PathLike | None = None, score_thresh: float | None = None,
                  topk: int | None = None, classes: Sequence[str] | None = None, save_vis: bool = False,
                  max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None,
-                 shard: tuple[int, int] | None = None, device: str | None = None, workers: int = 1,
-                 progress: bool = True):
+                 shard: tuple[int, int] | None = None, device: str | None = "auto", workers: int = 1,
+                 video_stride: int = 1, progress: bool = True, overrides: Mapping[str, Any] | None = None):
         self.rank, self.world, local_rank = distributed_env()
         if self.world > 1 and shard is not None:
             raise BatchError("--shard cannot be combined with torchrun's RANK/WORLD_SIZE: use one or the other")
         self.index, self.count = shard or (self.rank, self.world)
         if not inputs and list_file is None:
-            raise BatchError("no inputs: give image files, directories, glob patterns or --list FILE")
-        self.detector = Detector.load(model, device=_device(device, self.world, local_rank))
+            raise BatchError("no inputs: give image or video files, directories, glob patterns or --list FILE")
+        if video_stride < 1:
+            raise BatchError(f"--video-stride: must be at least 1, got {video_stride}")
+        self.detector = Detector.load(model, device=_device(device, self.world, local_rank), overrides=overrides)
         if self.detector.device.type == "cpu":
             share_cores(workers)
         self.keep = DetectionFilter(score_thresh, topk, class_indices(classes, self.detector.classes) if classes else None)
         self.paths = find_images(inputs, list_file)
         if not self.paths:
-            raise BatchError(f"no image files found in {' '.join(map(str, inputs)) or list_file}")
+            raise BatchError(f"no image or video files found in {' '.join(map(str, inputs)) or list_file}")
         self.out = OutputDir(Path(out), self.index, self.count)
         self.out.root.mkdir(parents=True, exist_ok=True)
-        self.out.check_settings({"model_sha1": file_sha1(model), "score_thresh": score_thresh, "topk": topk,
-                                 "classes": list(classes) if classes else None})
+        settings = {"model_sha1": file_sha1(model), "score_thresh": score_thresh, "topk": topk,
+                    "classes": list(classes) if classes else None}
+        if overrides:  # only when given, so directories made before overrides existed still match
+            settings["set"] = dict(overrides)
+        self._lock = self.out.lock()
+        try:
+            self.out.check_settings(settings, self.detector.classes)
+        except BaseException:
+            self.close()
+            raise
         self.out.done_marker.unlink(missing_ok=True)  # this shard is not done until it says so again
         self.options = ReadOptions(self.detector.config.proposals, max_pixels=max_pixels,
                                    min_side=min_side or MIN_SIDE_STRIDES * self.detector.backbone.stride)
         self.workers = workers
+        self.video_stride = video_stride
         self.vis_root = common_root(self.paths) if save_vis else None
         self.progress = progress
+
+    def close(self) -> None:
+        """Release the lock on ``out``."""
+        self._lock.close()
+
+    def __enter__(self) -> FolderDetection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def label(self) -> str:
@@ -88,7 +111,8 @@ class FolderDetection:
     def detect(self) -> BatchSummary:
         """Detect in this process's shard of the inputs (skipping those done by an earlier run)."""
         return detect_files(self.detector, shard(self.paths, self.index, self.count), self.out, self.options,
-                            self.keep, workers=self.workers, vis_root=self.vis_root, progress=self.progress)
+                            self.keep, workers=self.workers, vis_root=self.vis_root, progress=self.progress,
+                            video_stride=self.video_stride)
 
     def finish(self, summary: BatchSummary) -> Merged | None:
         """Merge every shard's outputs if it falls to this process; None when another one merges.
@@ -119,12 +143,12 @@ class FolderDetection:
 def detect_folder(model: str | os.PathLike, inputs: Sequence[str], out: str | os.PathLike,
                   **options) -> tuple[BatchSummary, Merged | None]:
     """Run :class:`FolderDetection` (same arguments) to the end: this process's summary and the merge, if its own."""
-    job = FolderDetection(model, inputs, out, **options)
-    summary = job.detect()
-    return summary, job.finish(summary)
+    with FolderDetection(model, inputs, out, **options) as job:
+        summary = job.detect()
+        return summary, job.finish(summary)
 
 
-def _device(requested: str | None, world: int, local_rank: int) -> str:
-    device = requested or default_device()
+def _device(requested: str | None, world: int, local_rank: int) -> torch.device:
+    device = resolve_device(requested)
     # one GPU per rank when torchrun starts several on a machine
-    return f"cuda:{local_rank}" if device == "cuda" and world > 1 else device
+    return resolve_device(f"cuda:{local_rank}") if device.type == "cuda" and world > 1 else device

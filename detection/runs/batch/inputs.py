@@ -1,4 +1,4 @@
-"""The input files of a batch: files, directories, glob patterns and list files, sorted, sharded."""
+"""The input files of a batch (images and videos): files, directories, glob patterns and list files, sorted, sharded."""
 from __future__ import annotations
 
 import glob
@@ -8,13 +8,14 @@ from typing import Sequence
 
 from detection.core.images import IMAGE_EXTENSIONS
 from detection.runs.batch.errors import BatchError
+from detection.runs.batch.video import VIDEO_EXTENSIONS
 
 
 def find_images(inputs: Sequence[str], list_file: str | os.PathLike | None = None) -> list[str]:
     """Files, directories, glob patterns and the lines of ``list_file`` -> sorted unique absolute paths.
 
     Directories are searched recursively and glob matches filtered, both for the image extensions
-    (JPEG, PNG, BMP, TIFF, WebP, any case). A file named directly (or in ``list_file``) is taken
+    (JPEG, PNG, BMP, TIFF, WebP, any case) and the video ones (MP4, AVI, MOV, MKV, ...). A file named directly (or in ``list_file``) is taken
     whatever its name, and so is a path that does not exist: it then fails with its reason like
     any unreadable image, instead of stopping the batch.
     """
@@ -37,19 +38,19 @@ def read_list_file(path: str | os.PathLike) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+def _is_input_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 
 
 def _expand(item: str) -> list[str]:
     path = Path(item)
     if path.is_dir():
-        return [os.path.abspath(p) for p in path.rglob("*") if _is_image_name(p) and p.is_file()]
+        return [os.path.abspath(p) for p in path.rglob("*") if _is_input_name(p) and p.is_file()]
     if not path.exists() and glob.has_magic(item):
         matches = [Path(m) for m in glob.glob(item, recursive=True)]
         if matches:
             return [p for m in matches for p in (_expand(str(m)) if m.is_dir() else
-                                                  [os.path.abspath(m)] if _is_image_name(m) else [])]
+                                                  [os.path.abspath(m)] if _is_input_name(m) else [])]
     return [os.path.abspath(path)]
 
 

@@ -1,17 +1,19 @@
 """The ``--out`` directory of a batch: the jsonl stream, failures, settings for resuming, the merge of shards."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Callable, Iterator, Sequence
 
 from detection.core.cache import atomic_write_bytes
-from detection.data.coco import detections_to_coco
+from detection.data.coco import coco_annotations, coco_categories
 from detection.runs.batch.errors import BatchError
-from detection.runs.batch.records import record_detections
+from detection.runs.batch.records import record_detections, record_key
 
 PREDICTIONS = "predictions.jsonl"
 DETECTIONS = "detections.json"
@@ -19,20 +21,25 @@ FAILED = "failed.tsv"
 SETTINGS = "run.json"
 PARTS = "parts"
 VIS = "vis"
+LOCK = ".lock"
+MODEL_CLASSES = "model_classes"
 
 
-def read_records(path: Path) -> list[dict]:
-    """The records of a jsonl file, skipping a line torn by a crash (it is redone on the next run)."""
+def iter_records(path: Path) -> Iterator[dict]:
+    """The records of a jsonl file one at a time, skipping a line torn by a crash (it is redone on the next run)."""
     if not path.is_file():
-        return []
-    records = []
+        return
     with open(path, encoding="utf-8") as stream:
         for line in stream:
             try:
-                records.append(json.loads(line))
+                yield json.loads(line)
             except json.JSONDecodeError:
                 continue
-    return records
+
+
+def read_records(path: Path) -> list[dict]:
+    """All of :func:`iter_records` (for small files and tests)."""
+    return list(iter_records(path))
 
 
 def read_failures(path: Path) -> dict[str, str]:
@@ -52,17 +59,27 @@ def write_failures(path: Path, failures: dict[str, str]) -> None:
     atomic_write_bytes(path, lines.encode("utf-8"))
 
 
+def record_line(record: dict) -> str:
+    """A record as one jsonl line."""
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
 class PredictionStream:
     """Appends one record per line to a jsonl file, flushed at once; cuts off a torn last line first."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         _truncate_torn_line(path)
+        self.path = path
         self._file = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._file.flush()
+        """Append one line; an OSError (a full disk) names the file."""
+        try:
+            self._file.write(record_line(record))
+            self._file.flush()
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, str(self.path)) from err
 
     def close(self) -> None:
         self._file.close()
@@ -115,24 +132,63 @@ class OutputDir:
     def done_marker(self) -> Path:
         return self.root / PARTS / f"{self._part}.done"
 
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK if self.world == 1 else self.root / PARTS / f"{self._part}{LOCK}"
+
+    def lock(self) -> IO[str]:
+        """Lock this process's stream until the returned file is closed; a BatchError naming the holder if taken.
+
+        Two runs into one ``OUT`` (or two runs of one shard) would both do all the work and write
+        every line twice. The lock (``flock``) is released by the kernel when its holder exits,
+        however it exits; the file holds the holder's pid, for the message.
+        """
+        path = self.lock_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise BatchError(f"{self.root}: in use by another sppnet detect (pid {holder}) writing {self.stream_path.name}; "
+                             "wait for it to end or use another --out") from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        return handle
+
     def _part_streams(self) -> list[Path]:
         return sorted((self.root / PARTS).glob("*.jsonl"))
 
     def done_files(self) -> set[str]:
-        """Every file with a record in ``predictions.jsonl`` or a shard's part."""
-        return {r["file"] for path in [self.root / PREDICTIONS, *self._part_streams()] for r in read_records(path)}
+        """The key (:func:`record_key`) of every image with a record in ``predictions.jsonl`` or a shard's part."""
+        return {record_key(r) for path in [self.root / PREDICTIONS, *self._part_streams()] for r in iter_records(path)}
 
-    def check_settings(self, settings: dict) -> None:
-        """Record the run's settings, or refuse to resume one made with others."""
+    def check_settings(self, settings: dict, classes: Sequence[str]) -> None:
+        """Record the run's settings and the model's ``classes``, or refuse to resume a run made with other settings.
+
+        The classes follow from the model (its hash is among the settings); they are kept for
+        reading the records without it (``sppnet filter``), and added to a ``run.json`` without them.
+        """
         path = self.root / SETTINGS
-        if path.is_file():
-            before = json.loads(path.read_text())
-            changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+        before = json.loads(path.read_text()) if path.is_file() else None
+        if before is not None:
+            changed = sorted(k for k in (settings.keys() | before.keys()) - {MODEL_CLASSES}
+                             if settings.get(k) != before.get(k))
             if changed:
                 raise BatchError(f"{self.root}: made by a run with other settings ({', '.join(changed)}); "
                                  "use another --out, or remove it to start over")
-            return
-        atomic_write_bytes(path, json.dumps(settings, indent=2).encode())
+        if before is None or MODEL_CLASSES not in before:
+            atomic_write_bytes(path, json.dumps({**settings, MODEL_CLASSES: list(classes)}, indent=2).encode())
+
+    def settings(self) -> dict:
+        """``run.json``: the settings of the run that made this directory; a BatchError if there is none."""
+        try:
+            return json.loads((self.root / SETTINGS).read_text())
+        except (OSError, ValueError) as err:
+            raise BatchError(f"{self.root}: not an output of sppnet detect (no readable {SETTINGS}: {err})") from None
 
     def all_shards_done(self) -> bool:
         return all((self.root / PARTS / f"shard{i}-of-{self.world}.done").is_file() for i in range(self.world))
@@ -140,33 +196,72 @@ class OutputDir:
     def merge(self, classes: Sequence[str], failures: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
         """Write ``predictions.jsonl`` (with every part's records), ``detections.json`` and ``failed.tsv``.
 
-        ``failures`` adds to those the parts recorded; files done meanwhile are not failures.
-        Parts are read before ``predictions.jsonl`` and it is replaced atomically, so two merges
-        at once (two shards finishing together) both write every record.
+        ``failures`` adds to those the parts recorded; images done meanwhile are not failures.
+        Parts are opened before ``predictions.jsonl`` and it is replaced atomically, so two merges
+        at once (two shards finishing together) both write every record. The records are streamed
+        from the files, not held: what is kept per image is its key and where its line is.
         Returns the number of images with detections and the remaining failures.
         """
-        part_records = [r for path in self._part_streams() for r in read_records(path)]
-        records = {r["file"]: r for r in read_records(self.root / PREDICTIONS)}
-        merged = len(records)
-        for record in part_records:
-            records.setdefault(record["file"], record)
-        if len(records) > merged:
-            lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records.values())
-            atomic_write_bytes(self.root / PREDICTIONS, lines.encode("utf-8"))
-        self._write_coco(sorted(records.values(), key=lambda r: r["file"]), classes)
+        with contextlib.ExitStack() as stack:
+            parts = [stack.enter_context(open(path, "rb")) for path in self._part_streams()]
+            main = self.root / PREDICTIONS
+            streams = ([stack.enter_context(open(main, "rb"))] if main.is_file() else []) + parts
+            first_part = len(streams) - len(parts)
+            lines: dict[str, tuple[int, int]] = {}  # key -> (stream, offset of its line), first one wins
+            for number, stream in enumerate(streams):
+                for offset, record in _scan(stream):
+                    lines.setdefault(record_key(record), (number, offset))
+            if any(number >= first_part for number, _ in lines.values()):
+                atomic_write_bytes(main, (_line_at(streams[n], offset) for n, offset in lines.values()))
+            keys = sorted(lines)
+            atomic_write_bytes(self.root / DETECTIONS, _coco_chunks(
+                keys, lambda key: json.loads(_line_at(streams[lines[key][0]], lines[key][1])), classes))
         failed = dict(failures or {})
         for path in sorted((self.root / PARTS).glob("*.failed.tsv")):
             failed.update(read_failures(path))
-        failed = {file: reason for file, reason in failed.items() if file not in records}
+        failed = {key: reason for key, reason in failed.items() if key not in lines}
         write_failures(self.root / FAILED, failed)
-        return len(records), failed
+        return len(lines), failed
 
-    def _write_coco(self, records: list[dict], classes: Sequence[str]) -> None:
-        images = [{"id": i, "file_name": r["file"], "width": r["width"], "height": r["height"]}
-                  for i, r in enumerate(records, start=1)]
-        coco = detections_to_coco(images, [record_detections(r, classes) for r in records], classes,
-                                  info={"description": "sppnet detect", "box_format": "[x, y, w, h], w = x2 - x1 + 1"})
-        atomic_write_bytes(self.root / DETECTIONS, json.dumps(coco, separators=(",", ":")).encode())
+
+def _scan(stream: IO[bytes]) -> Iterator[tuple[int, dict]]:
+    """(offset, record) of each readable line of a jsonl file open in binary mode (a torn line is skipped)."""
+    offset = 0
+    for line in stream:
+        try:
+            yield offset, json.loads(line)
+        except ValueError:
+            pass
+        offset += len(line)
+
+
+def _line_at(stream: IO[bytes], offset: int) -> bytes:
+    stream.seek(offset)
+    line = stream.readline()
+    return line if line.endswith(b"\n") else line + b"\n"
+
+
+def _coco_chunks(keys: Sequence[str], record: Callable[[str], dict], classes: Sequence[str]) -> Iterator[bytes]:
+    """``detections.json`` (:func:`detection.data.coco.detections_to_coco`'s layout) in pieces, image ids 1..N in ``keys`` order.
+
+    Reads each image's record twice (for ``images``, then ``annotations``) rather than keeping them.
+    """
+    def dump(value) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    info = {"description": "sppnet detect", "box_format": "[x, y, w, h], w = x2 - x1 + 1"}
+    yield b'{"info":' + dump(info) + b',"images":['
+    for image_id, key in enumerate(keys, start=1):
+        r = record(key)
+        yield (b"," if image_id > 1 else b"") + dump(
+            {"id": image_id, "file_name": key, "width": r["width"], "height": r["height"]})
+    yield b'],"categories":' + dump(coco_categories(classes)) + b',"annotations":['
+    first = 1
+    for image_id, key in enumerate(keys, start=1):
+        for ann in coco_annotations(image_id, record_detections(record(key), classes), first_id=first):
+            yield (b"," if first > 1 else b"") + dump(ann)
+            first += 1
+    yield b"]}"
 
 
 def file_sha1(path: str | os.PathLike) -> str:

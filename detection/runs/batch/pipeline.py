@@ -9,6 +9,7 @@ import numpy as np
 
 from detection.core.config import ProposalConfig
 from detection.core.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from detection.runs.batch.video import Frame, frame_key
 from proposals.pool import WorkerPool
 from proposals.selective_search import selective_search
 
@@ -26,29 +27,42 @@ class ReadOptions:
 
 @dataclass
 class Prepared:
-    """One image ready for the conv stage: ``image`` (H, W, 3) uint8 RGB and ``boxes`` (N, 4), or a ``reason``."""
+    """One image ready for the conv stage: ``image`` (H, W, 3) uint8 RGB and ``boxes`` (N, 4), or a ``reason``.
+
+    For a video frame, ``path`` is the video's and ``frame`` and ``time`` (seconds) say which frame.
+    """
 
     path: str
     image: np.ndarray | None = None
     boxes: np.ndarray | None = None
     reason: str | None = None
+    frame: int | None = None
+    time: float | None = None
+
+    @property
+    def key(self) -> str:
+        """The image's name in the outputs: its path, or ``video#frame=NNNNNN``."""
+        return self.path if self.frame is None else frame_key(self.path, self.frame)
 
 
-def prepare_image(path: str, options: ReadOptions) -> Prepared:
-    """Read and decode one image and run selective search on it; any failure becomes a reason.
+def prepare_image(item: str | Frame, options: ReadOptions) -> Prepared:
+    """Read and decode one image (a path; a video frame comes decoded) and run selective search on it.
 
-    Runs in a worker process: the reason travels back as a string, and an unexpected error from a
-    decoder or OpenCV fails this image rather than the batch.
+    Any failure becomes a reason. Runs in a worker process: the reason travels back as a string,
+    and an unexpected error from a decoder or OpenCV fails this image rather than the batch.
     """
+    if isinstance(item, Frame):
+        prepared = Prepared(item.video, item.image, frame=item.index, time=item.time)
+    else:
+        try:
+            prepared = Prepared(item, load_image(item, max_pixels=options.max_pixels, min_side=options.min_side))
+        except ImageError as err:
+            return Prepared(item, reason=err.reason)
     try:
-        image = load_image(path, max_pixels=options.max_pixels, min_side=options.min_side)
-    except ImageError as err:
-        return Prepared(path, reason=err.reason)
-    try:
-        boxes = selective_search(image, options.proposals)
+        prepared.boxes = selective_search(prepared.image, options.proposals)
     except Exception as err:  # noqa: BLE001 - one image's failure must not end a batch of millions
-        return Prepared(path, reason=f"selective search failed ({type(err).__name__}: {err})")
-    return Prepared(path, image, boxes)
+        prepared.image, prepared.reason = None, f"selective search failed ({type(err).__name__}: {err})"
+    return prepared
 
 
 class ProposalPipeline:
@@ -67,10 +81,13 @@ class ProposalPipeline:
     def wait_seconds(self) -> float:
         return self.pool.wait_seconds
 
-    def __call__(self, paths: Iterable[str]) -> Iterator[Prepared]:
+    def __call__(self, items: Iterable[str | Frame]) -> Iterator[Prepared]:
+        """Image paths and video frames -> prepared images, taken from ``items`` only as workers free up."""
         work = functools.partial(prepare_image, options=self.options)
-        return (prepared for _, prepared in self.pool.map_unordered(work, paths, _lost))
+        return (prepared for _, prepared in self.pool.map_unordered(work, items, _lost))
 
 
-def _lost(path: str, reason: str) -> Prepared:
-    return Prepared(path, reason=reason)
+def _lost(item: str | Frame, reason: str) -> Prepared:
+    if isinstance(item, Frame):
+        return Prepared(item.video, reason=reason, frame=item.index, time=item.time)
+    return Prepared(item, reason=reason)

@@ -8,6 +8,7 @@ import numpy as np
 
 from detection.core.detections import Detections
 from detection.runs.batch.errors import BatchError
+from detection.runs.batch.video import frame_key
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,24 @@ def class_indices(names: Sequence[str], classes: Sequence[str]) -> tuple[int, ..
     return tuple(classes.index(name) for name in names)
 
 
-def prediction_record(path: str, image_size: tuple[int, int], dets: Detections, classes: Sequence[str]) -> dict:
-    """One ``predictions.jsonl`` line (as a dict); ``image_size`` is (height, width)."""
-    return {"file": path, "width": int(image_size[1]), "height": int(image_size[0]), "detections": [
+def prediction_record(path: str, image_size: tuple[int, int], dets: Detections, classes: Sequence[str],
+                      frame: int | None = None, time: float | None = None) -> dict:
+    """One ``predictions.jsonl`` line (as a dict); ``image_size`` is (height, width).
+
+    A video frame's record also has ``frame`` (its 0-based index) and ``time`` (seconds).
+    """
+    record = {"file": path}
+    if frame is not None:
+        record.update(frame=int(frame), time=time)
+    record.update(width=int(image_size[1]), height=int(image_size[0]), detections=[
         {"box": [round(float(v), 2) for v in box], "score": float(score), "label": classes[int(label)]}
-        for box, score, label in zip(dets.boxes, dets.scores, dets.labels)]}
+        for box, score, label in zip(dets.boxes, dets.scores, dets.labels)])
+    return record
+
+
+def record_key(record: dict) -> str:
+    """The name of a record's image: its file, or ``video#frame=NNNNNN`` for a video frame."""
+    return record["file"] if record.get("frame") is None else frame_key(record["file"], record["frame"])
 
 
 def record_detections(record: dict, classes: Sequence[str]) -> Detections:

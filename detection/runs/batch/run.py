@@ -6,13 +6,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
 from detection.runs.batch.outputs import VIS, OutputDir, PredictionStream, write_failures
 from detection.runs.batch.pipeline import Prepared, ProposalPipeline, ReadOptions
 from detection.runs.batch.records import DetectionFilter, prediction_record
+from detection.runs.batch.video import Frame, VideoError, frames_to_read, is_frame_key, is_video, read_frames
 from detection.visualize import save_visualization
 
 
@@ -42,29 +43,40 @@ def _report_failure(path: str, reason: str) -> None:
 def detect_files(detector, paths: Sequence[str], out: OutputDir, options: ReadOptions,
                  keep: DetectionFilter = DetectionFilter(), workers: int = 1,
                  vis_root: Path | None = None, progress: bool = True,
-                 on_failure: Callable[[str, str], None] = _report_failure) -> BatchSummary:
-    """Detect in every path not already done in ``out``, streaming each record as it is finished.
+                 on_failure: Callable[[str, str], None] = _report_failure, video_stride: int = 1) -> BatchSummary:
+    """Detect in every image not already done in ``out``, streaming each record as it is finished.
 
-    ``detector`` is a :class:`~detection.detector.Detector`. Failures are reported through
+    ``detector`` is a :class:`~detection.detector.Detector`. A video file (:mod:`.video`) gives
+    every ``video_stride``-th frame, each an image of its own. Failures are reported through
     ``on_failure`` as they happen and written to ``out.failures_path`` at the end. With
-    ``vis_root``, each image is also drawn to ``out.root/vis/<path relative to vis_root>``.
+    ``vis_root``, each image is also drawn to ``out.root/vis/<path relative to vis_root>``
+    (a frame to ``<video path>.frames/<index>.jpg``).
     """
     done = out.done_files()
-    todo = [p for p in paths if p not in done]
-    summary = BatchSummary(skipped=len(paths) - len(todo))
+    todo = [p for p in paths if not is_video(p) and p not in done]
+    videos = [p for p in paths if is_video(p)]
+    summary = BatchSummary(skipped=len(paths) - len(videos) - len(todo))
+    done_frames = {key for key in done if is_frame_key(key)} if videos else set()
+    del done
     pipeline = ProposalPipeline(options, workers)
     stream = PredictionStream(out.stream_path)
     start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="img", desc=_bar_label(out), disable=not progress, smoothing=0.1)
+    total = len(todo) + sum(frames_to_read(v, video_stride) for v in videos)
+    bar = tqdm(total=total, unit="img", desc=_bar_label(out), disable=not progress, smoothing=0.1)
+
+    def fail(key: str, reason: str) -> None:
+        summary.failed[key] = reason
+        on_failure(key, reason)
+
+    items = _with_frames(todo, videos, done_frames, options, video_stride, summary, bar, fail)
     try:
-        for prepared in pipeline(todo):
+        for prepared in pipeline(items):
             if prepared.reason is None:
                 prepared.reason = _detect_one(detector, prepared, out, stream, keep, vis_root)
             if prepared.reason is None:
                 summary.done += 1
             else:
-                summary.failed[prepared.path] = prepared.reason
-                on_failure(prepared.path, prepared.reason)
+                fail(prepared.key, prepared.reason)
             bar.update()
             bar.set_postfix(waiting=f"{pipeline.wait_seconds / max(time.perf_counter() - start, 1e-9):.0%}",
                             refresh=False)
@@ -77,21 +89,44 @@ def detect_files(detector, paths: Sequence[str], out: OutputDir, options: ReadOp
     return summary
 
 
+def _with_frames(images: list[str], videos: list[str], done: set[str], options: ReadOptions, stride: int,
+                 summary: BatchSummary, bar: tqdm, fail: Callable[[str, str], None]) -> Iterator[str | Frame]:
+    """The image paths, then the frames of each video not done yet, read as the pipeline asks for them.
+
+    A video that cannot be read fails under its own path (frames done before are kept).
+    """
+    yield from images
+    for video in videos:
+        try:
+            for frame in read_frames(video, stride, options.max_pixels, options.min_side):
+                if frame.key in done:
+                    summary.skipped += 1
+                    bar.update()
+                else:
+                    yield frame
+        except VideoError as err:
+            fail(video, err.reason)
+
+
 def _bar_label(out: OutputDir) -> str:
     return "detect" if out.world == 1 else f"detect {out.rank}/{out.world}"
 
 
 def _detect_one(detector, prepared: Prepared, out: OutputDir, stream: PredictionStream, keep: DetectionFilter,
                 vis_root: Path | None) -> str | None:
-    """Detect in one prepared image, stream its record (and picture); a failure's reason, or None."""
+    """Detect in one prepared image, write its picture (with ``vis_root``) and stream its record; a failure's reason, or None."""
     try:
         dets = keep(detector.detect(prepared.image, prepared.boxes))
     except RuntimeError as err:  # e.g. out of GPU memory on a huge image: fail it, go on
         return f"detection failed ({type(err).__name__}: {err})"
-    stream.write(prediction_record(prepared.path, prepared.image.shape[:2], dets, detector.classes))
     if vis_root is not None:
+        # the picture first: a kill or a full disk before the record leaves the image to be redone
         target = out.root / VIS / Path(prepared.path).relative_to(vis_root)
+        if prepared.frame is not None:
+            target = target.with_name(f"{target.name}.frames") / f"{prepared.frame:06d}.jpg"
         save_visualization(target, prepared.image, dets, detector.classes)
+    stream.write(prediction_record(prepared.path, prepared.image.shape[:2], dets, detector.classes,
+                                   prepared.frame, prepared.time))
     return None
 
 

@@ -1,0 +1,186 @@
+"""The `sppnet` command line: help and usage errors without torch, help text on every option,
+every option checked before any work starts (one line, exit 2), --config/--set and their precedence."""
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from detection.core.config import ConfigError, SPPConfig, read_config_file
+from tools.cli import COMMANDS, build_parser, main, version
+from tools.common import config_from_args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_in_fresh_python(argvs):
+    """Run main() on each argv in one new interpreter; per argv: (exit code, torch imported by then)."""
+    script = (
+        "import json, sys\n"
+        "from tools.cli import main\n"
+        "results = []\n"
+        f"for argv in {argvs!r}:\n"
+        "    try:\n"
+        "        code = main(argv)\n"
+        "    except SystemExit as exit:\n"
+        "        code = exit.code\n"
+        "    results.append([code, 'torch' in sys.modules])\n"
+        "print('RESULTS', json.dumps(results))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    line = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")][-1]
+    return json.loads(line.removeprefix("RESULTS ")), done.stderr
+
+
+def test_help_version_and_usage_errors_do_not_import_torch(tmp_path):
+    work, model = str(tmp_path / "work"), str(tmp_path / "model.pt")
+    argvs = [["--help"], ["--version"], *[[name, "--help"] for name in COMMANDS],
+             ["train", "--data", str(tmp_path), "--work-dir", work, "--svm-c", "-1"],
+             ["train", "--data", str(tmp_path), "--work-dir", work, "--set", "svm.CC=1"],
+             ["train", "--data", str(tmp_path), "--work-dir", work, "--no-such-flag"],
+             ["demo", "--pyramid", "0,-1"],
+             ["test", "--data", str(tmp_path), "--model", model, "--out", work, "--set", "svm.C=1"],
+             ["detect", "x.jpg", "--model", model, "--out", work, "--topk", "-1"]]
+    results, stderr = _run_in_fresh_python(argvs)
+    codes = [code for code, _ in results]
+    assert codes == [0, 0, *[0] * len(COMMANDS), 2, 2, 2, 2, 2, 2], stderr
+    assert not any(torch_loaded for _, torch_loaded in results), stderr
+    assert not Path(work).exists()
+
+
+def _parsers(parser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_every_option_has_help_text_and_no_markup():
+    for parser in _parsers(build_parser()):
+        for action in parser._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                assert action.help and action.help.strip(), f"{parser.prog} {'/'.join(action.option_strings)}"
+        text = parser.format_help()
+        for markup in ("``", ":func:", ":class:", ":meth:", ":mod:"):
+            assert markup not in text, f"{parser.prog}: {markup}"
+
+
+def test_version_comes_from_the_package_metadata(capsys):
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sppnet {metadata.version('sppnet')}" == f"sppnet {version()}"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--pyramid", "0,-1"], "--pyramid: must be a non-empty list of integers >= 1, got 0,-1"),
+    (["--svm-c", "-1"], "--svm-c: must be > 0, got -1"),
+    (["--finetune-checkpoint-every", "0"], "--finetune-checkpoint-every: must be >= 1, got 0"),
+    (["--max-proposals", "-5"], "--max-proposals: must be >= 1, got -5"),
+    (["--bbox-min-overlap", "nan"], "--bbox-min-overlap: must be a finite number, got nan"),
+    (["--set", "svm.C=0"], "--set svm.C: must be > 0, got 0"),
+    (["--set", "test.nms=0.4"], "--set test.nms: unknown option (did you mean test.nms_iou?); test has "
+                                "score_threshold, nms_iou, max_per_image"),
+    (["--set", "finetune.iterations=many"], "--set finetune.iterations: must be an integer, got 'many'"),
+    (["--set", "svm.C"], "--set: expected KEY=VALUE such as svm.C=0.002, got 'svm.C'"),
+])
+def test_a_bad_option_is_one_line_and_exit_2_before_any_work(tmp_path, capsys, flags, message):
+    work = tmp_path / "work"
+    assert main(["train", "--data", str(tmp_path / "no-data"), "--work-dir", str(work), *flags]) == 2
+    assert capsys.readouterr().err == f"sppnet train: error: {message}\n"
+    assert not work.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--topk", "-1"], "argument --topk: must be >= 1, got -1"),
+    (["--score-thresh", "nan"], "argument --score-thresh: must be a finite number, got 'nan'"),
+    (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+])
+def test_detect_filters_are_checked_by_the_parser(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as caught:
+        main(["detect", str(tmp_path), "--model", str(tmp_path / "m.pt"), "--out", str(tmp_path / "o"), *flags])
+    assert caught.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cuda_on_a_machine_without_it_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    work = tmp_path / "work"
+    assert main(["train", "--data", str(tmp_path), "--work-dir", str(work), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sppnet train: error: device 'cuda' requested but ") and err.count("\n") == 1
+    assert not work.exists()
+
+
+def _config(*argv):
+    return config_from_args(build_parser().parse_args(list(argv)))
+
+
+def test_precedence_defaults_file_flags_set(tmp_path):
+    file = tmp_path / "my.yaml"
+    file.write_text("svm:\n  C: 0.01\ntest.nms_iou: 0.5\nfinetune:\n  hidden: 64\n")
+    train = ["train", "--data", "d", "--work-dir", "w"]
+    assert _config(*train).svm.C == SPPConfig().svm.C
+    assert _config(*train, "--config", str(file)).svm.C == 0.01
+    assert _config(*train, "--config", str(file), "--svm-c", "0.02").svm.C == 0.02
+    both = _config(*train, "--config", str(file), "--svm-c", "0.02", "--set", "svm.C=0.03", "test.max_per_image=7")
+    assert (both.svm.C, both.test.nms_iou, both.test.max_per_image, both.finetune.hidden) == (0.03, 0.5, 7, 64)
+    # a preset is the bottom layer: the demo's narrower head, unless the file or a flag says otherwise
+    assert _config("demo").finetune.hidden == SPPConfig.preset("demo").finetune.hidden == 512
+    assert _config("demo", "--config", str(file)).finetune.hidden == 64
+    assert _config("demo", "--config", str(file), "--finetune-hidden", "128").finetune.hidden == 128
+    demo_help = next(p for p in _parsers(build_parser()) if p.prog == "sppnet demo").format_help()
+    assert "fc6/fc7 width of a fresh head (a pretrained one fixes it) (default: 512)" in " ".join(demo_help.split())
+
+
+def test_a_bad_option_in_a_config_file_names_the_file_and_key(tmp_path, capsys):
+    file = tmp_path / "my.yaml"
+    file.write_text("proposals:\n  max_proposals: -5\n")
+    with pytest.raises(ConfigError, match=r"my\.yaml: proposals\.max_proposals: must be >= 1, got -5$"):
+        _config("train", "--data", "d", "--work-dir", "w", "--config", str(file))
+    # a flag over it wins, and then the file's value is never used
+    assert _config("train", "--data", "d", "--work-dir", "w", "--config", str(file),
+                   "--max-proposals", "9").proposals.max_proposals == 9
+    assert main(["train", "--data", "d", "--work-dir", str(tmp_path / "w"), "--config", str(tmp_path / "no.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sppnet train: error: {tmp_path / 'no.yaml'}: cannot read the config file")
+
+
+@pytest.mark.slow
+def test_train_writes_the_resolved_config_which_config_reads_back(tmp_path):
+    from detection.data.demo import make_demo_dataset
+
+    voc = make_demo_dataset(tmp_path / "data", num_trainval=2, num_test=1, seed=1, image_size=(160, 120))
+    work = tmp_path / "work"
+    assert main(["train", "--data", str(voc), "--work-dir", str(work), "--stages", "proposals",
+                 "--proposal-width", "160", "--set", "proposals.max_proposals=30", "test.nms_iou=0.4",
+                 "--device", "cpu", "--workers", "1", "--quiet"]) == 0
+    written = SPPConfig().override(read_config_file(work / "config.yaml"))
+    assert written == SPPConfig().override({"proposals.resize_width": 160, "proposals.max_proposals": 30,
+                                            "test.nms_iou": 0.4})
+    assert _config("train", "--data", "d", "--work-dir", "w", "--config", str(work / "config.yaml")) == written
+
+
+@pytest.mark.slow
+def test_detect_set_changes_the_models_test_options_and_is_part_of_the_run(tmp_path, capsys):
+    from detection.data.demo import make_demo_dataset
+    from detection.runs.benchmark import untrained_detector
+
+    voc = make_demo_dataset(tmp_path / "data", num_trainval=1, num_test=1, seed=3, image_size=(160, 120))
+    model = tmp_path / "model.pt"
+    config = SPPConfig().replace(features={"backbone": "zf5", "pyramid_levels": (1, 2), "scales": (120,)},
+                                 proposals={"resize_width": 160, "max_proposals": 50})
+    untrained_detector(config, "cpu", classes=("a", "b")).save(model)  # random SVMs: most windows pass
+    image, out = str(voc / "JPEGImages" / "000001.jpg"), tmp_path / "out"
+    common = ["--model", str(model), "--out", str(out), "--device", "cpu", "--workers", "0", "--quiet"]
+    assert main(["detect", image, *common, "--set", "test.max_per_image=3"]) == 0
+    record = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
+    assert len(record["detections"]) == 3
+    capsys.readouterr()
+    assert main(["detect", image, *common, "--set", "test.max_per_image=4"]) == 2
+    assert "made by a run with other settings (set)" in capsys.readouterr().err
