@@ -30,9 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-images", type=int, default=30, help="first N images of the split (default: %(default)s)")
     parser.add_argument("--modes", type=_modes, default=PROPOSAL_MODES[:2],
                         help=f"comma list of {', '.join(PROPOSAL_MODES)} (default: {','.join(PROPOSAL_MODES[:2])})")
-    parser.add_argument("--proposal-width", type=int, default=d.resize_width)
-    parser.add_argument("--max-proposals", type=int, default=d.max_proposals)
-    parser.add_argument("--min-proposal-size", type=int, default=d.min_size)
+    parser.add_argument("--proposal-width", type=int, default=d.resize_width,
+                        help="selective search runs on the image resized to this width (default: %(default)s)")
+    parser.add_argument("--max-proposals", type=int, default=d.max_proposals,
+                        help="windows kept per image, at most (default: %(default)s)")
+    parser.add_argument("--min-proposal-size", type=int, default=d.min_size,
+                        help="windows narrower or shorter than this many pixels are dropped (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
