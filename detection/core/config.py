@@ -38,8 +38,8 @@ from detection.core.errors import SppnetError
 FIVE_SCALES = (480, 576, 688, 864, 1200)  # §4, paper; the official code uses 874 for 864
 SINGLE_SCALE = (688,)  # §4
 # Width of fresh fc6/fc7 (a backbone without a pretrained head). The paper's 4096 made the head
-# cost 2.4x the conv layers at detection on a CPU and overfit 150 training images; measured
-# (accuracy and pool+fc time per image) in docs/results.md, "Fine-tuned head on the realistic set".
+# cost 2.4x the conv layers at detection on a CPU (issue 8); pool+fc time per width in
+# docs/results.md, "Fine-tuned head: width, cost and scoring".
 FRESH_FC_WIDTH = 512
 
 # -- allowed names (the command line's choices) ----------------------------------------------------
