@@ -87,6 +87,12 @@ def head_layer(feature_layer: str) -> str | None:
     return None if feature_layer == "pool5" else feature_layer.removeprefix("ft")
 
 
+def check_scoring(config: SPPConfig) -> None:
+    """ValueError unless softmax scoring (config.test.scoring) reads the fine-tuned fc7."""
+    if config.test.scoring == "softmax" and config.svm.feature_layer != "ftfc7":
+        raise ValueError(f"softmax scoring reads the fine-tuned head's fc8 on ftfc7, not {config.svm.feature_layer}")
+
+
 def layer_features(pool5: torch.Tensor, head: FCHead | None, feature_layer: str) -> torch.Tensor:
     """(N, D) SPP vectors -> (N, D') unscaled features of ``feature_layer`` (pool5 itself, or a head layer)."""
     layer = head_layer(feature_layer)
@@ -149,11 +155,13 @@ class Detector:
     (computed by ``head`` unless pool5) times ``feature_scale``; ``regressor`` maps pool5 features
     times ``bbox_feature_scale`` to (dx, dy, dw, dh) per class, or is None when box regression is off.
     ``calibration`` turns each detection's margin into a probability (``Detections.probabilities``);
-    a model trained before calibration existed has none and gives margins only.
+    a model trained before calibration existed has none and gives margins only. With
+    ``config.test.scoring == "softmax"`` the fine-tuned head's fc8 scores instead (class
+    probabilities) and the three SVM arguments and ``calibration`` are None.
     """
 
     def __init__(self, config: SPPConfig, classes: tuple[str, ...], backbone: Backbone,
-                 svm_weights: np.ndarray, svm_bias: np.ndarray, feature_scale: float,
+                 svm_weights: np.ndarray | None, svm_bias: np.ndarray | None, feature_scale: float | None,
                  regressor: BoxRegressor | None = None, device: str | torch.device | None = "auto",
                  cache: Cache | None = None, head: FCHead | None = None, bbox_feature_scale: float | None = None,
                  calibration: PlattScaling | None = None):
@@ -162,6 +170,13 @@ class Detector:
                              f"{'an fc head' if head is None else 'no fc head'}")
         if (regressor is None) != (bbox_feature_scale is None):
             raise ValueError("a box regressor comes with the pool5 feature scale it was trained on")
+        check_scoring(config)
+        softmax = config.test.scoring == "softmax"
+        if softmax and head.fc8 is None:
+            raise ValueError("softmax scoring needs the fine-tuned head's fc8")
+        if softmax != (svm_weights is None) or softmax != (svm_bias is None) or softmax != (feature_scale is None):
+            raise ValueError(f"{config.test.scoring} scoring needs {'no' if softmax else ''} SVM weights, bias and "
+                             "feature scale")
         self.config = config
         self.classes = tuple(classes)
         self.device = resolve_device(device)
@@ -169,9 +184,11 @@ class Detector:
         self.extractor = build_extractor(backbone, config.features, self.device, cache=cache,
                                          weights_id=weights_id(backbone))
         self.head = None if head is None else head.to(self.device).eval()
-        self.svm_weights = torch.as_tensor(np.asarray(svm_weights, dtype=np.float32), device=self.device)
-        self.svm_bias = torch.as_tensor(np.asarray(svm_bias, dtype=np.float32), device=self.device)
-        self.feature_scale = float(feature_scale)
+        self.svm_weights, self.svm_bias, self.feature_scale = None, None, None
+        if not softmax:
+            self.svm_weights = torch.as_tensor(np.asarray(svm_weights, dtype=np.float32), device=self.device)
+            self.svm_bias = torch.as_tensor(np.asarray(svm_bias, dtype=np.float32), device=self.device)
+            self.feature_scale = float(feature_scale)
         self.regressor = regressor
         self.bbox_feature_scale = None if bbox_feature_scale is None else float(bbox_feature_scale)
         if calibration is not None and len(calibration.coef_) != len(self.classes):
@@ -225,8 +242,18 @@ class Detector:
         pool5 = self.extractor.pool(maps, boxes, image_size)
         return WindowFeatures(layer_features(pool5, self.head, self.config.svm.feature_layer), pool5)
 
+    @property
+    def score_threshold(self) -> float:
+        """Windows scoring at most this for a class are no detections of it (in :meth:`score`'s units)."""
+        test = self.config.test
+        return test.softmax_threshold if test.scoring == "softmax" else test.score_threshold
+
     def score(self, features: WindowFeatures) -> torch.Tensor:
-        """N windows' features -> (N, K) SVM margins, one matmul for all windows and classes."""
+        """N windows' features -> (N, K) SVM margins (one matmul for all windows and classes), or
+        with softmax scoring the head's class probabilities (background dropped)."""
+        if self.svm_weights is None:
+            with torch.inference_mode():
+                return torch.softmax(self.head.fc8(features.svm), dim=1)[:, 1:]
         # the feature scale rides on the matmul (alpha): scaling the (N, D') features would copy them
         return torch.addmm(self.svm_bias, features.svm, self.svm_weights.T, alpha=self.feature_scale)
 
@@ -236,7 +263,7 @@ class Detector:
         cfg = self.config.test
         height, width = image_size
         scores_np = scores.float().cpu().numpy()
-        window, label = np.nonzero(scores_np > cfg.score_threshold)
+        window, label = np.nonzero(scores_np > self.score_threshold)
         if len(window) == 0:
             return Detections.empty()
         det_boxes = np.asarray(boxes, dtype=np.float64)[window]
@@ -302,8 +329,8 @@ class Detector:
             "classes": list(self.classes),
             "backbone": self.backbone.name,
             "backbone_state": {k: v.cpu() for k, v in self.backbone.state_dict().items()},
-            "svm_weights": self.svm_weights.cpu(),
-            "svm_bias": self.svm_bias.cpu(),
+            "svm_weights": None if self.svm_weights is None else self.svm_weights.cpu(),
+            "svm_bias": None if self.svm_bias is None else self.svm_bias.cpu(),
             "feature_scale": self.feature_scale,
             "head": None if self.head is None else {k: v.cpu() for k, v in self.head.state_dict().items()},
             "regressor": None if self.regressor is None else self.regressor.to_state(),
@@ -347,6 +374,6 @@ class Detector:
         calibration = state.get("calibration")
         calibration = None if calibration is None else PlattScaling.from_state(
             {k: v.numpy() for k, v in calibration.items()})
-        return cls(config, tuple(state["classes"]), backbone, state["svm_weights"].numpy(),
-                   state["svm_bias"].numpy(), state["feature_scale"], regressor, device=device, cache=cache,
-                   head=head, bbox_feature_scale=state["bbox_feature_scale"], calibration=calibration)
+        svm = [None if state[k] is None else state[k].numpy() for k in ("svm_weights", "svm_bias")]
+        return cls(config, tuple(state["classes"]), backbone, *svm, state["feature_scale"], regressor, device=device,
+                   cache=cache, head=head, bbox_feature_scale=state["bbox_feature_scale"], calibration=calibration)

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from detection.core.cache import atomic_write_bytes
 from detection.core.config import SCHEDULES, FinetuneConfig, fingerprint
@@ -157,6 +158,7 @@ class FineTuner:
         checkpoint_dir: where the checkpoint lives; None = no checkpoints, no resuming.
         device: where the head trains.
         log: receives one progress line every ``LOG_EVERY`` iterations.
+        progress: show a progress bar (iterations, rate, ETA, the last logged loss) on stderr.
 
     Attributes:
         history_: after :meth:`fit`, one dict per ``LOG_EVERY`` iterations (and the last):
@@ -165,7 +167,8 @@ class FineTuner:
     """
 
     def __init__(self, head: FCHead, config: FinetuneConfig, pool_fn: PoolFn, checkpoint_dir: Path | None,
-                 device: torch.device | str = "cpu", log: Callable[[str], None] = print):
+                 device: torch.device | str = "cpu", log: Callable[[str], None] = print,
+                 progress: bool = False):
         if head.fc8 is None:
             raise ValueError("the head to fine-tune needs an fc8 (build it with num_classes)")
         self.head = head
@@ -176,6 +179,7 @@ class FineTuner:
         self.checkpoint_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
         self.device = torch.device(device)
         self.log = log
+        self.progress = progress
         self.history_: list[dict] = []
 
     def fit(self, overlaps: list[np.ndarray], labels: list[np.ndarray], num_scales: int) -> FCHead:
@@ -206,17 +210,23 @@ class FineTuner:
             _seed_torch(cfg.seed, self.device)
             start, meter = self._resume(run, optimizer, rng)
             self.head.train()
-            for iteration in range(start, cfg.iterations):
-                lr = learning_rate(cfg, iteration)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group["lr_mult"]
-                meter.add(*self._step(optimizer, sampler, rng, num_scales))
-                done = iteration + 1
-                if done % LOG_EVERY == 0 or done == cfg.iterations:
-                    self._record(done, lr, meter)
-                    meter = _Meter()
-                if self.checkpoint_path is not None and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
-                    self._save(run, done, optimizer, rng, meter)
+            bar = tqdm(total=cfg.iterations, initial=start, desc="finetune", unit="it", leave=False,
+                       disable=not self.progress)
+            with bar:
+                for iteration in range(start, cfg.iterations):
+                    lr = learning_rate(cfg, iteration)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr * group["lr_mult"]
+                    meter.add(*self._step(optimizer, sampler, rng, num_scales))
+                    done = iteration + 1
+                    if done % LOG_EVERY == 0 or done == cfg.iterations:
+                        self._record(done, lr, meter)
+                        bar.set_postfix(loss=f"{self.history_[-1]['loss']:.3f}", refresh=False)
+                        meter = _Meter()
+                    if self.checkpoint_path is not None and (done % cfg.checkpoint_every == 0
+                                                             or done == cfg.iterations):
+                        self._save(run, done, optimizer, rng, meter)
+                    bar.update()
         return self.head.eval()
 
     # -- one iteration -------------------------------------------------------------------------
@@ -229,7 +239,7 @@ class FineTuner:
         x = self._pooled(image_idx, window_idx, scale_index)
         y = torch.from_numpy(target).to(self.device)
         logits = self.head(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -16,18 +16,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detection.core.config import FinetuneConfig
+from detection.core.config import FRESH_FC_WIDTH, FinetuneConfig
 from features.backbones import Backbone
 from features.spp import spp_output_dim
 
 FEATURE_LAYERS = ("fc6", "fc7")
+# How fresh fc6/fc7 start (a backbone without a pretrained head, e.g. efficientnet_lite0):
+# "pytorch": nn.Linear's default, U(±1/sqrt(fan_in)) weights and biases;
+# "gaussian": Caffe's ImageNet fc6/fc7 (bvlc_reference_caffenet), N(0, 0.005²) weights, bias 0.1
+#   (R-CNN and SPP-net start from those layers pretrained; this is how they were first initialised);
+# "kaiming": He et al. normal for ReLU layers, N(0, 2/fan_in), bias 0;
+# "xavier": Glorot normal, N(0, 2/(fan_in + fan_out)), bias 0.
+FC_INITS = ("pytorch", "gaussian", "kaiming", "xavier")
+CAFFE_FC_STD = 0.005
+CAFFE_FC_BIAS = 0.1
 
 
 class FCHead(nn.Module):
     """fc6 → ReLU → dropout → fc7 → ReLU → dropout → fc8.
 
-    fc6 and fc7 keep PyTorch's default initialisation (or are overwritten by :func:`build_head`
-    with pretrained weights); the new fc8 is N(0, ``fc8_init_std``²) with zero bias (§6).
+    fc6 and fc7 start as ``init`` says (one of ``FC_INITS``), or are overwritten by :func:`build_head`
+    with pretrained weights; the new fc8 is N(0, ``fc8_init_std``²) with zero bias (§6).
 
     Attributes:
         in_dim: length of the input SPP vector.
@@ -36,11 +45,15 @@ class FCHead(nn.Module):
     """
 
     def __init__(self, in_dim: int, hidden: int = 4096, num_classes: int | None = None,
-                 dropout: float = 0.5, fc8_init_std: float = 0.01):
+                 dropout: float = 0.5, fc8_init_std: float = 0.01, init: str = "pytorch"):
         super().__init__()
+        if init not in FC_INITS:
+            raise ValueError(f"unknown fc initialisation {init!r}; choose one of {', '.join(FC_INITS)}")
         self.in_dim, self.hidden, self.num_classes = in_dim, hidden, num_classes
         self.fc6 = nn.Linear(in_dim, hidden)
         self.fc7 = nn.Linear(hidden, hidden)
+        for layer in (self.fc6, self.fc7):
+            _initialise(layer, init)
         self.drop = nn.Dropout(dropout)
         self.fc8 = None
         if num_classes is not None:
@@ -68,6 +81,22 @@ class FCHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, hidden={self.hidden}, num_classes={self.num_classes}"
+
+
+def _initialise(layer: nn.Linear, init: str) -> None:
+    """Re-initialise a fresh fc layer in place as ``init`` (one of ``FC_INITS``) says."""
+    if init == "pytorch":
+        return
+    with torch.no_grad():
+        if init == "gaussian":
+            nn.init.normal_(layer.weight, std=CAFFE_FC_STD)
+            nn.init.constant_(layer.bias, CAFFE_FC_BIAS)
+            return
+        if init == "kaiming":
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+        else:
+            nn.init.xavier_normal_(layer.weight)
+        nn.init.zeros_(layer.bias)
 
 
 def widen_fc6(pretrained_fc6: nn.Linear, channels: int, head_grid: int, levels: Sequence[int]) -> nn.Linear:
@@ -121,7 +150,7 @@ def build_head(backbone: Backbone, levels: Sequence[int], config: FinetuneConfig
 
     With ``pretrained`` and a backbone carrying ``pretrained_head`` and ``head_grid`` (alexnet,
     vgg16), fc6 is the widened pretrained fc6 (:func:`widen_fc6`) and fc7 a copy of the pretrained
-    fc7; otherwise both are fresh. Random initialisation (fresh fc6/fc7, fc8) is seeded by
+    fc7; otherwise both are fresh, ``config.hidden`` wide (``FRESH_FC_WIDTH`` when None). Random initialisation (fresh fc6/fc7, fc8) is seeded by
     ``config.seed`` without touching the global RNG.
 
     Raises:
@@ -133,15 +162,16 @@ def build_head(backbone: Backbone, levels: Sequence[int], config: FinetuneConfig
     widen = pretrained and source is not None and grid is not None
     if widen:
         fc6, fc7 = _pretrained_fc6_fc7(source)
-        if fc6.out_features != config.hidden:
+        if config.hidden not in (None, fc6.out_features):
             raise ValueError(f"{backbone.name}'s pretrained fc6/fc7 are {fc6.out_features} wide; set the fine-tuning "
                              f"hidden width to {fc6.out_features} or train fresh fc layers")
         # .cpu(): the backbone may already sit on an accelerator (the extractor moves it there)
         widened_fc6 = widen_fc6(fc6, backbone.channels, grid, levels).cpu()
+    hidden = fc6.out_features if widen else config.hidden or FRESH_FC_WIDTH
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(config.seed)  # the CPU generator only: the head is built on the CPU
-        head = FCHead(spp_output_dim(backbone.channels, levels), config.hidden, num_classes, config.dropout,
-                      config.fc8_init_std)
+        head = FCHead(spp_output_dim(backbone.channels, levels), hidden, num_classes, config.dropout,
+                      config.fc8_init_std, config.init)
     if widen:
         head.fc6 = widened_fc6
         head.fc7.load_state_dict(fc7.state_dict())

@@ -86,7 +86,7 @@ def test_version_comes_from_the_package_metadata(capsys):
     (["--bbox-min-overlap", "nan"], "--bbox-min-overlap: must be a finite number, got nan"),
     (["--set", "svm.C=0"], "--set svm.C: must be > 0, got 0"),
     (["--set", "test.nms=0.4"], "--set test.nms: unknown option (did you mean test.nms_iou?); test has "
-                                "score_threshold, detect_min_probability, nms_iou, max_per_class, max_per_image"),
+                                "scoring, score_threshold, detect_min_probability, softmax_threshold, nms_iou, max_per_class, max_per_image"),
     (["--set", "finetune.iterations=many"], "--set finetune.iterations: must be an integer, got 'many'"),
     (["--set", "svm.C"], "--set: expected KEY=VALUE such as svm.C=0.002, got 'svm.C'"),
 ])
@@ -135,7 +135,8 @@ def test_precedence_defaults_file_flags_set(tmp_path):
     assert _config("demo", "--config", str(file)).finetune.hidden == 64
     assert _config("demo", "--config", str(file), "--finetune-hidden", "128").finetune.hidden == 128
     demo_help = next(p for p in _parsers(build_parser()) if p.prog == "sppnet demo").format_help()
-    assert "fc6/fc7 width of a fresh head (a pretrained one fixes it) (default: 512)" in " ".join(demo_help.split())
+    assert ("fc6/fc7 width; unset: a pretrained head's own (4096), else 512 for fresh layers (the paper's 4096) "
+            "(default: 512)") in " ".join(demo_help.split())
 
 
 def test_a_bad_option_in_a_config_file_names_the_file_and_key(tmp_path, capsys):

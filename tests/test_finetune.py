@@ -102,6 +102,12 @@ def test_learning_rate_schedules(schedule, iterations, expected):
         learning_rate(FinetuneConfig(schedule="linear"), 0)
 
 
+def test_base_lr_overrides_the_schedules_base_not_its_steps():
+    config = FinetuneConfig(iterations=2000, base_lr=0.01)
+    assert [learning_rate(config, i) for i in (0, 665, 666, 1333)] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-4])
+    assert schedule_steps(config) == (666, 1333)
+
+
 def test_schedule_steps():
     assert schedule_steps(FinetuneConfig(iterations=90_000)) == (30_000, 60_000)
     assert schedule_steps(FinetuneConfig(iterations=2000)) == (666, 1333)
@@ -157,6 +163,33 @@ def test_finetuner_learns_a_separable_problem(tmp_path):
     assert all(s is not None and len(s) == n and 0 <= s.min() and s.max() < 3 for _, n, s in pool.calls)
     assert sum(n for _, n, _ in pool.calls) == 200 * 128
     assert (tmp_path / CHECKPOINT_NAME).is_file()
+
+
+def test_progress_bar_only_when_asked(capsys):
+    overlaps, labels = synthetic_windows(images=5)
+    config = FinetuneConfig(hidden=HIDDEN, iterations=60)
+    quiet = lambda line: None
+    FineTuner(new_head(), config, SyntheticPool(overlaps, labels), None, log=quiet).fit(overlaps, labels, 1)
+    assert capsys.readouterr().err == ""
+    FineTuner(new_head(), config, SyntheticPool(overlaps, labels), None, log=quiet, progress=True).fit(
+        overlaps, labels, 1)
+    err = capsys.readouterr().err
+    assert "finetune" in err and "/60 [" in err and "loss=" in err
+
+
+def test_label_smoothing_changes_the_loss_not_the_data():
+    overlaps, labels = synthetic_windows(images=8)
+    quiet = lambda line: None
+    runs = {}
+    for smoothing in (0.0, 0.1):
+        config = FinetuneConfig(hidden=HIDDEN, iterations=50, label_smoothing=smoothing)
+        pool = SyntheticPool(overlaps, labels)
+        tuner = FineTuner(new_head(), config, pool, None, log=quiet)
+        tuner.fit(overlaps, labels, num_scales=1)
+        runs[smoothing] = (tuner.history_[-1]["loss"], [(image, n) for image, n, _ in pool.calls])
+    assert runs[0.0][1] == runs[0.1][1]  # the same batches
+    # smoothed targets put a floor under the loss: 0.1 of the mass on the other K classes
+    assert runs[0.1][0] > runs[0.0][0] + 0.05
 
 
 def test_finetuner_chosen_scale_passes_none():

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detection.core.config import FinetuneConfig
+from detection.core.config import FRESH_FC_WIDTH, FinetuneConfig
 from features.backbones import build_backbone
 from features.head import FCHead, build_head, widen_fc6
 from features.spp import spatial_pyramid_pool, spp_output_dim
@@ -79,6 +79,26 @@ def test_fc8_initialisation_and_no_fc8_head():
         features_only(torch.rand(2, 8))
 
 
+@pytest.mark.parametrize("init, weight_std, bias", [
+    ("gaussian", lambda fan_in, fan_out: 0.005, 0.1),
+    ("kaiming", lambda fan_in, fan_out: (2 / fan_in) ** 0.5, 0.0),
+    ("xavier", lambda fan_in, fan_out: (2 / (fan_in + fan_out)) ** 0.5, 0.0),
+    ("pytorch", lambda fan_in, fan_out: (1 / (3 * fan_in)) ** 0.5, None),  # U(±1/sqrt(fan_in)): std 1/sqrt(3·fan_in)
+])
+def test_fresh_fc_initialisations(init, weight_std, bias):
+    torch.manual_seed(0)
+    head = FCHead(3000, hidden=400, num_classes=5, init=init)
+    for layer in (head.fc6, head.fc7):
+        fan_out, fan_in = layer.weight.shape
+        assert layer.weight.std().item() == pytest.approx(weight_std(fan_in, fan_out), rel=0.05)
+        assert layer.weight.mean().abs().item() < 0.1 * weight_std(fan_in, fan_out)
+        if bias is not None:
+            assert torch.equal(layer.bias, torch.full_like(layer.bias, bias))
+    assert head.fc8.weight.std().item() == pytest.approx(0.01, rel=0.05)  # fc8 keeps its own N(0, 0.01²)
+    with pytest.raises(ValueError, match="initialisation"):
+        FCHead(8, hidden=4, init="orthogonal")
+
+
 @pytest.mark.parametrize("levels, grid", [((1, 2, 3, 6), 6), ((6, 3, 2, 1), 6), ((1, 2, 3, 7), 7), ((2, 4), 4)])
 def test_widened_fc6_equals_pretrained_fc6_on_the_grid(levels, grid):
     torch.manual_seed(0)
@@ -137,6 +157,9 @@ def test_build_head_widens_a_pretrained_classifier(zf5, monkeypatch):
     assert fresh.fc6.weight.count_nonzero() == fresh.fc6.weight.numel()
     with pytest.raises(ValueError, match="64 wide"):
         build_head(zf5, LEVELS, FinetuneConfig(hidden=32), num_classes=5)
+    # the default width is the pretrained head's own; a fresh head gets FRESH_FC_WIDTH
+    assert build_head(zf5, LEVELS, FinetuneConfig(), num_classes=5).hidden == hidden
+    assert build_head(zf5, LEVELS, FinetuneConfig(), num_classes=5, pretrained=False).hidden == FRESH_FC_WIDTH
     with pytest.raises(ValueError, match="no 6×6 level"):
         build_head(zf5, (1, 2, 4), config, num_classes=5)
 
@@ -150,6 +173,8 @@ def test_build_head_fresh_is_seeded(zf5):
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
     assert not torch.equal(first.fc6.weight, other.fc6.weight)
     assert first.in_dim == zf5.channels * 5 and first.hidden == 32 and first.fc8.out_features == 5
+    gaussian = build_head(zf5, (1, 2), FinetuneConfig(hidden=32, init="gaussian"), num_classes=4)
+    assert torch.equal(gaussian.fc6.bias, torch.full((32,), 0.1))  # config.init reaches the fresh layers
 
 
 def test_build_head_on_torchvision_alexnet():

@@ -9,9 +9,9 @@ from detection.core.detections import ClassDetections
 from detection.data.demo import make_demo_dataset
 from detection.detector import Detector
 from detection.runs.test import test_model
-from detection.core.config import STAGES, parse_stages
+from detection.core.config import STAGES, ConfigError, parse_stages
 from detection.training.stages import StageError
-from detection.training.trainer import Trainer
+from detection.training.trainer import Trainer, TrainingError
 from detection.data.voc import VOCDataset
 from detection.evaluation.results import evaluate_results, read_results
 from tools.cli import main
@@ -133,6 +133,28 @@ def test_every_feature_layer_trains_and_tests_end_to_end(voc, tmp_path, first_ru
     assert torch.equal(a.svm, b.svm) and torch.equal(a.pool5, b.pool5)
 
 
+def test_softmax_scoring_skips_the_svms_and_scores_with_fc8(voc, tmp_path, first_run):
+    config = TINY.replace(test={"scoring": "softmax"})
+    detector, trainer, lines = train(config, voc, tmp_path, first_run[1])
+    assert "svm" not in ran(lines) and detector.svm_weights is None and detector.feature_scale is None
+    test_set = VOCDataset(voc, "test", classes=detector.classes)
+    metrics = test_model(detector, test_set, tmp_path / "test", trainer.cache, progress=False)
+    assert 0.0 <= metrics["mAP"] <= 1.0
+    maps, size = detector.extractor.maps(test_set[0].image_id, None)
+    boxes = np.array([[0, 0, 50, 40], [20, 10, 100, 90]], dtype=np.float64)
+    features = detector.features(maps, boxes, size)
+    with torch.no_grad():
+        expected = torch.softmax(detector.head(features.pool5), dim=1)[:, 1:]
+    torch.testing.assert_close(detector.score(features), expected)
+    assert detector.score_threshold == config.test.softmax_threshold
+    loaded = Detector.load(tmp_path / "model.pt", device="cpu", cache=trainer.cache)
+    assert test_model(loaded, test_set, tmp_path / "test2", trainer.cache, progress=False) == metrics
+    with pytest.raises(TrainingError, match="softmax scoring reads the fine-tuned head's fc8 on ftfc7, not pool5"):
+        train(config.replace(svm={"feature_layer": "pool5"}), voc, tmp_path / "pool5", first_run[1])
+    with pytest.raises(ConfigError, match="test.scoring"):
+        TINY.replace(test={"scoring": "vote"})
+
+
 def test_vgg16_head_without_a_7x7_level_is_a_clear_error(voc, tmp_path, monkeypatch):
     import features.backbones as backbones
     from features.backbones import _build_vgg16
@@ -159,22 +181,28 @@ class CountingExtractor:
         return torch.cat([torch.as_tensor(boxes, dtype=torch.float32), scales[:, None]], dim=1)
 
 
-def test_pooled_windows_remember_vectors_mirror_flips_and_stay_bounded():
+def test_pooled_windows_pool_each_images_candidates_once_mirror_flips_and_stay_bounded():
     from types import SimpleNamespace
 
     from detection.training.memo import PooledWindows
 
-    boxes = np.array([[0, 0, 9, 9], [10, 20, 30, 40], [5, 5, 50, 60]], dtype=np.float64)
+    boxes = np.array([[0, 0, 9, 9], [10, 20, 30, 40], [5, 5, 50, 60], [1, 2, 3, 4]], dtype=np.float64)
     windows = [SimpleNamespace(boxes=boxes)]  # one image, index 1 is its mirror image
+    candidates = [np.array([True, True, True, False])]
     extractor = CountingExtractor()
-    pool = PooledWindows(extractor, lambda index: ([], (100, 200)), windows, max_bytes=2 * 5 * 4)
-    first = pool(0, np.array([2, 0]), np.array([1, 0]))
-    assert torch.equal(first, extractor.pool(None, boxes[[2, 0]], None, [1, 0])) and extractor.pooled == 4
-    again = pool(0, np.array([0, 2]), np.array([0, 1]))  # remembered: nothing pooled
-    assert torch.equal(again, first[[1, 0]]) and extractor.pooled == 4
+    # room for the 3 candidates at two scales: 2 × 3 vectors of 5 fp16 values
+    pool = PooledWindows(extractor, lambda index: ([], (100, 200)), windows, candidates, max_bytes=2 * 3 * 5 * 2)
+    reference = CountingExtractor()
+    first = pool(0, np.array([2, 0, 2]), np.array([1, 0, 0]))
+    assert torch.equal(first, reference.pool(None, boxes[[2, 0, 2]], None, [1, 0, 0]))
+    assert extractor.pooled == 6  # every candidate at the two scales asked for, once
+    again = pool(0, np.array([0, 1, 2]), np.array([0, 1, 1]))  # kept: nothing pooled
+    assert torch.equal(again, reference.pool(None, boxes[:3], None, [0, 1, 1])) and extractor.pooled == 6
+    with pytest.raises(ValueError, match=r"windows \[3\] are not candidates"):
+        pool(0, np.array([3]), np.array([0]))
+    # the mirror image's block does not fit any more: pooled per request, mirrored
     mirrored = pool(1, np.array([1]), None)
-    assert mirrored[0, :4].tolist() == [200 - 1 - 30, 20, 200 - 1 - 10, 40]
-    pool(0, np.array([1, 2]), np.array([0, 0]))  # a fifth vector: the least recently used, (0, 0), is dropped
-    before = extractor.pooled
-    pool(0, np.array([2, 0]), np.array([1, 0]))
-    assert extractor.pooled == before + 1
+    assert mirrored[0].tolist() == [200 - 1 - 30, 20, 200 - 1 - 10, 40, 0] and extractor.pooled == 7
+    pool(1, np.array([1]), None)
+    assert extractor.pooled == 8 and pool.kept_bytes == 2 * 3 * 5 * 2
+    assert pool(0, np.array([], dtype=np.int64), None).shape == (0, 5)

@@ -37,9 +37,14 @@ from detection.core.errors import SppnetError
 
 FIVE_SCALES = (480, 576, 688, 864, 1200)  # §4, paper; the official code uses 874 for 864
 SINGLE_SCALE = (688,)  # §4
+# Width of fresh fc6/fc7 (a backbone without a pretrained head). The paper's 4096 made the head
+# cost 2.4x the conv layers at detection on a CPU (issue 8); pool+fc time per width in
+# docs/results.md, "Fine-tuned head: width, cost and scoring".
+FRESH_FC_WIDTH = 512
 
 # -- allowed names (the command line's choices) ----------------------------------------------------
-ProposalMode = Literal["rcnn_fast", "opencv_fast", "quality"]  # §5: R-CNN's fast mode, OpenCV's, quality
+# §5: selective search's fast mode as R-CNN ran it, OpenCV's fast mode, or quality mode (ProposalConfig.mode)
+ProposalMode = Literal["rcnn_fast", "opencv_fast", "quality"]
 FeatureMode = Literal["spp", "rcnn"]
 BackboneName = Literal["efficientnet_lite0", "alexnet", "vgg16", "zf5"]  # §1; features/backbones.py builds them
 PaperOrOfficial = Literal["paper", "official"]  # a rule where the paper and the official code differ
@@ -48,6 +53,8 @@ ScheduleName = Literal["official", "paper"]  # keys of SCHEDULES
 ScaleSampling = Literal["random", "chosen"]
 CachePrecision = Literal["float16", "int8"]  # how the conv cache stores maps (features/extractor.py)
 AmpMode = Literal["off", "bf16", "fp16"]  # conv precision on CUDA (not in the paper): float32, or autocast to these
+FcInit = Literal["pytorch", "gaussian", "kaiming", "xavier"]  # fresh fc6/fc7 (features/head.py FC_INITS)
+Scoring = Literal["svm", "softmax"]  # TestConfig.scoring
 Stage = Literal["proposals", "conv", "finetune", "svm", "bbox"]  # the training stages, in pipeline order
 CacheDtype = Literal["float32", "float16"]  # storage of the SVMs' cached hard negatives (§7)
 
@@ -186,9 +193,14 @@ class FeatureConfig(_Section):
 class FinetuneConfig(_Section):
     """Fine-tuning fc6 → fc7 → (K+1)-way fc8 on SPP features, conv layers frozen (§6)."""
 
-    hidden: int = 4096  # fc6 and fc7 widths
+    # fc6 and fc7 widths; None: a pretrained head's own (4096 for alexnet, vgg16, as the paper),
+    # else FRESH_FC_WIDTH
+    hidden: int | None = None
     dropout: float = 0.5
     fc8_init_std: float = 0.01  # new fc8 ~ N(0, 0.01²)
+    # fresh fc6/fc7 (no pretrained head): "pytorch", "gaussian" (Caffe's N(0, 0.005²)), "kaiming"
+    # or "xavier" (features.head.FC_INITS)
+    init: FcInit = "pytorch"
     batch_size: int = 128  # windows per mini-batch
     fg_fraction: float = 0.25  # 25% foreground ...
     fg_threshold: float = 0.5  # ... at max IoU >= 0.5
@@ -204,6 +216,7 @@ class FinetuneConfig(_Section):
     base_lr: float | None = None  # None: the schedule's (1e-3 official, 1e-4 paper)
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    label_smoothing: float = 0.0  # softmax loss targets; 0 = the paper's plain softmax loss
     bias_lr_multiplier: float = 2.0  # Caffe blobs_lr: 1, 2 on every fc layer
     # Weight decay on biases, as a multiple of ``weight_decay``. 0: R-CNN (weight_decay: 1, 0 on
     # every layer) and the official SPP fc8; the official fc6/fc7 leave it unset, which Caffe reads as 1.
@@ -215,6 +228,7 @@ class FinetuneConfig(_Section):
     _rules = {"hidden": at_least(1), "dropout": BELOW_ONE, "fc8_init_std": POSITIVE, "batch_size": at_least(1),
               "fg_fraction": FRACTION, "fg_threshold": FRACTION, "bg_low": FRACTION, "bg_high": FRACTION,
               "iterations": at_least(1), "base_lr": POSITIVE, "momentum": BELOW_ONE, "weight_decay": at_least(0),
+              "label_smoothing": BELOW_ONE,
               "bias_lr_multiplier": at_least(0), "bias_decay_multiplier": at_least(0),
               "checkpoint_every": at_least(1), "seed": at_least(0)}
 
@@ -228,11 +242,13 @@ class FinetuneConfig(_Section):
         """This section as the fine-tuning fingerprints see it: what changes the weights.
 
         ``checkpoint_every`` (where checkpoints fall) changes no weight, so it reads 0 whatever its
-        value; ``base_lr`` left to the schedule is left out, so caches made before it existed stay valid.
+        value; ``base_lr`` left to the schedule, ``init`` "pytorch" and ``label_smoothing`` 0 (the
+        behaviour before they existed) are left out, so caches made before them stay valid.
         """
         view = {**_plain(self), "checkpoint_every": 0}
-        if self.base_lr is None:
-            del view["base_lr"]
+        for name, before in (("base_lr", None), ("init", "pytorch"), ("label_smoothing", 0.0)):
+            if view[name] == before:
+                del view[name]
         return view
 
 
@@ -299,10 +315,15 @@ class BBoxConfig(_Section):
 class TestConfig(_Section):
     """Test time (§9)."""
 
+    # "svm": per-class linear SVMs on ``svm.feature_layer`` (R-CNN and SPP-net, §7); "softmax": the
+    # fine-tuned head's own (K+1)-way softmax with the background column dropped (Fast R-CNN found
+    # the two equal): needs feature layer ftfc7, and training skips the SVM stage
+    scoring: Scoring = "svm"
     score_threshold: float = -1.5  # SVM margin units
     # `sppnet detect` keeps detections of calibrated probability >= this by default (not in the
     # paper: a picture of a photo stays readable); `sppnet test` ranks by margin and uses all
     detect_min_probability: float = 0.5
+    softmax_threshold: float = 0.001  # class probability, for scoring "softmax"
     nms_iou: float = 0.3
     # §9: spp_test.m and rcnn_test.m keep the top 100 boxes of each class in each image
     max_per_class: int = 100
@@ -312,7 +333,7 @@ class TestConfig(_Section):
 
     _name = "test"
     _rules = {"nms_iou": FRACTION, "max_per_class": at_least(0), "max_per_image": at_least(0),
-              "detect_min_probability": FRACTION}
+              "detect_min_probability": FRACTION, "softmax_threshold": BELOW_ONE}
 
 
 # The sections a trained model's settings may change in at test time (Detector.load's overrides).

@@ -280,7 +280,7 @@ def report(result: AblationResult, title: str, dataset: str, config: SPPConfig, 
         f"pyramid {config.features.pyramid_levels}, scale rule {config.features.scale_rule}, "
         f"projection {config.features.projection}",
         f"- fine-tuning: {ft.iterations} iterations of {ft.batch_size} windows, {ft.schedule} schedule, "
-        f"fc width {ft.hidden}, {ft.scale_sampling} scale per window, flips {'on' if ft.flip else 'off'}",
+        f"fc width {ft.hidden or 'default'}, {ft.scale_sampling} scale per window, flips {'on' if ft.flip else 'off'}",
         f"- machine: {machine}",
         f"- date: {date}",
         f"- command: `{command}`",

@@ -66,6 +66,8 @@ def skip_reason(stage: str, config: SPPConfig) -> str | None:
         return f"{config.features.mode} mode caches no conv maps"
     if stage == "finetune" and not config.svm.feature_layer.startswith("ft"):
         return f"not needed for feature layer {config.svm.feature_layer}"
+    if stage == "svm" and config.test.scoring == "softmax":
+        return "softmax scoring reads the fine-tuned head, no SVMs"
     if stage == "bbox" and not config.bbox.enabled:
         return "box regression is off"
     return None

@@ -34,6 +34,7 @@ from detection.core.images import load_image
 from detection.data.voc import VOCDataset
 from detection.detector import (
     Detector,
+    check_scoring,
     head_from_state,
     head_layer,
     layer_features,
@@ -117,6 +118,10 @@ class TrainingRun:
     def __init__(self, trainer: Trainer, dataset: VOCDataset):
         cfg = self.config = trainer.config
         head_layer(cfg.svm.feature_layer)  # an unknown layer fails here, before any work
+        try:
+            check_scoring(cfg)
+        except ValueError as err:
+            raise TrainingError(str(err)) from None
         if cfg.svm.feature_layer.startswith("ft") and cfg.features.mode != "spp":
             raise TrainingError("fine-tuning reads cached conv maps: use --mode spp with an ft* feature layer")
         self.work_dir = trainer.work_dir
@@ -309,9 +314,11 @@ class TrainingRun:
         targets = [finetune_targets(w) for w in windows]
         copies = 2 if cfg.finetune.flip else 1  # flipped images: the same windows mirrored, same targets
         fp = self.fingerprints["finetune"]
-        pool = PooledWindows(self.extractor, self.maps, windows)
+        lowest = min(cfg.finetune.bg_low, cfg.finetune.fg_threshold)  # no window below this is ever drawn
+        pool = PooledWindows(self.extractor, self.maps, windows, [overlap >= lowest for overlap, _ in targets])
         tuner = FineTuner(head, cfg.finetune, pool, checkpoint_dir=self.store.directory("finetune", fp),
-                          device=self.device, log=lambda line: self._say(line, console=self.progress))
+                          device=self.device, log=lambda line: self._say(line, console=False),
+                          progress=self.progress)
         overlaps, labels = zip(*targets)
         head = tuner.fit(list(overlaps) * copies, list(labels) * copies, num_scales=len(cfg.features.scales))
         self.store.save("finetune", fp, head.state_dict(), {"history": tuner.history_},
@@ -406,16 +413,20 @@ class TrainingRun:
         if missing:
             self._say(f"model.pt not written: no output of stage(s) {', '.join(missing)} for this configuration yet")
             return None
-        svm, _ = self.store.load("svm", self.fingerprints["svm"])
+        svm = {"coef": None, "intercept": None, "feature_scale": None}
+        if not skip_reason("svm", self.config):
+            svm, _ = self.store.load("svm", self.fingerprints["svm"])
+            svm["feature_scale"] = float(svm["feature_scale"])
         regressor, bbox_scale = None, None
         if self.config.bbox.enabled:
             state, _ = self.store.load("bbox", self.fingerprints["bbox"])
             state = tensors(state)
             bbox_scale = state.pop("feature_scale")
             regressor = BoxRegressor.from_state(state)
-        calibration = PlattScaling.from_state({"coef": svm["platt_coef"], "intercept": svm["platt_intercept"]})
+        calibration = None if svm["coef"] is None else PlattScaling.from_state(  # softmax scoring: no SVMs
+            {"coef": svm["platt_coef"], "intercept": svm["platt_intercept"]})
         detector = Detector(self.config, self.dataset.classes, self.backbone, svm["coef"], svm["intercept"],
-                            float(svm["feature_scale"]), regressor, device=self.device, cache=self.cache,
+                            svm["feature_scale"], regressor, device=self.device, cache=self.cache,
                             head=self._svm_head(), bbox_feature_scale=bbox_scale, calibration=calibration)
         detector.save(self.work_dir / "model.pt")
         self._say(f"model: {self.work_dir / 'model.pt'}", console=False)
