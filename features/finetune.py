@@ -221,7 +221,7 @@ class FineTuner:
                     done = iteration + 1
                     if done % LOG_EVERY == 0 or done == cfg.iterations:
                         self._record(done, lr, meter)
-                        bar.set_postfix(loss=f"{self.history_[-1]['loss']:.3f}", refresh=False)
+                        bar.set_postfix(loss=f"{self.history_[-1]['loss']:.3f}")  # shown at once: once per logged interval
                         meter = _Meter()
                     if self.checkpoint_path is not None and (done % cfg.checkpoint_every == 0
                                                              or done == cfg.iterations):
