@@ -5,6 +5,7 @@ Imports go one way, downwards (``tests/test_layers.py`` checks it)::
     tools/                      the ``sppnet`` command: argparse and printing
     detection.runs              test, batch detection, benchmark, ablation
     detection.training          the stage plan and the trainer
+    detection.export            beside training: the scoring graph as ONNX / TorchScript
     detection.detector          the detector and its model file (the Python API)
     detection.results           one image's Result: plot, save, to_coco
     detection.evaluation        VOC devkit metric, pycocotools
