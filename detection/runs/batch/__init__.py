@@ -45,7 +45,7 @@ from detection.runs.batch.distributed import distributed_env, gather_counts
 from detection.runs.batch.errors import BatchError
 from detection.runs.batch.inputs import common_root, find_images, read_list_file, shard
 from detection.runs.batch.outputs import (
-    DETECTIONS, FAILED, PARTS, PREDICTIONS, SETTINGS, VIS, OutputDir, PredictionStream, file_sha1, read_failures,
+    DETECTIONS, FAILED, PARTS, PREDICTIONS, SETTINGS, VIS, OutputDir, PredictionStream, read_failures,
     read_records, write_failures,
 )
 from detection.runs.batch.pipeline import Prepared, ProposalPipeline, ReadOptions, prepare_image
@@ -55,7 +55,7 @@ from detection.runs.batch.run import BatchSummary, detect_files, share_cores
 __all__ = [
     "BatchError", "BatchSummary", "DETECTIONS", "DetectionFilter", "FAILED", "OutputDir", "PARTS", "PREDICTIONS",
     "PredictionStream", "Prepared", "ProposalPipeline", "ReadOptions", "SETTINGS", "VIS", "class_indices",
-    "common_root", "detect_files", "distributed_env", "file_sha1", "find_images", "gather_counts",
+    "common_root", "detect_files", "distributed_env", "find_images", "gather_counts",
     "prediction_record", "prepare_image", "read_failures", "read_list_file", "read_records", "record_detections",
     "shard", "share_cores", "write_failures",
 ]

@@ -20,7 +20,8 @@ from detection.detector import Detector, resolve_device
 from detection.runs.batch.distributed import distributed_env, gather_counts
 from detection.runs.batch.errors import BatchError
 from detection.runs.batch.inputs import common_root, find_images, shard
-from detection.runs.batch.outputs import OutputDir, file_sha1
+from detection.core.hashing import file_sha1
+from detection.runs.batch.outputs import OutputDir
 from detection.runs.batch.pipeline import ReadOptions
 from detection.runs.batch.records import DetectionFilter, class_indices
 from proposals.precomputed import PrecomputedProposals

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -262,11 +261,3 @@ def _coco_chunks(keys: Sequence[str], record: Callable[[str], dict], classes: Se
             yield (b"," if first > 1 else b"") + dump(ann)
             first += 1
     yield b"]}"
-
-
-def file_sha1(path: str | os.PathLike) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
