@@ -116,7 +116,9 @@ def benchmark_svm(spec: SyntheticMining, svms: HardNegativeSVMs) -> dict:
     X_pos, y_pos, images = synthetic_mining_data(spec)
     rss_before = peak_rss_bytes()
     cpu_start, wall_start = time.process_time(), time.perf_counter()
-    svms.fit(X_pos, y_pos, images, num_classes=spec.num_classes)
+    # positive p is an object of image p // objects_per_image (``_Generator.image_classes``)
+    svms.fit(X_pos, y_pos, images, num_classes=spec.num_classes,
+             pos_images=np.arange(len(y_pos)) // spec.objects_per_image)
     wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
     final = {}
     for entry in svms.history_:

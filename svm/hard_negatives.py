@@ -139,6 +139,14 @@ class HardNegativeSVMs(BaseEstimator):
     cache_dtype : storage type of the cached negatives, "float32" (R-CNN) or "float16".
     compact_fraction : the store drops rows no class references once they are more than this
         fraction of its rows.
+    held_out_folds : F >= 2: after mining, each class is also trained F more times, fold f leaving
+        out the positives and cached negatives of the images ``i % F == f``, so that every image has
+        a model that never saw it (:meth:`held_out_decision_function`); 0: no fold models.
+        Probabilities fitted on a model's own training windows are overconfident (its margins
+        there are pushed past +-1 by the hinge loss); the fold models give margins as an unseen
+        image gets them, like scikit-learn's ``CalibratedClassifierCV(ensemble=False)``. They
+        are trained on the final caches only (no mining of their own): the windows the full
+        model found hard are the ones that decide its margins.
 
     Attributes
     ----------
@@ -151,6 +159,8 @@ class HardNegativeSVMs(BaseEstimator):
     negative_keys_ : list of K arrays (M_j, 2) int64: (image index in the stream, window index)
         of the negatives each class's final model was trained on.
     n_images_ : number of images the stream yielded.
+    fold_coef_ : (F, K, D) float32 and ``fold_intercept_`` (F, K) float32, the fold models (only
+        with ``held_out_folds``; a fold without positives or negatives of a class scores it -inf).
     store_stats_ : dict of the negative store's size: ``peak_rows``, ``peak_bytes``,
         ``peak_referenced`` (the most row references over all classes at once: a window cached by
         several classes counts once per class there, once in the rows; per-class caches would
@@ -168,7 +178,7 @@ class HardNegativeSVMs(BaseEstimator):
                  negative_overlap: float = 0.3, hard_threshold: float = -1.0001,
                  evict_threshold: float = -1.2, retrain_limit: int = 2000, tol: float = 0.1,
                  max_iter: int = 10000, random_state: int | None = 0, cache_dtype: str = "float32",
-                 compact_fraction: float = 0.25):
+                 compact_fraction: float = 0.25, held_out_folds: int = 0):
         self.C = C
         self.positive_weight = positive_weight
         self.bias_multiplier = bias_multiplier
@@ -181,15 +191,18 @@ class HardNegativeSVMs(BaseEstimator):
         self.random_state = random_state
         self.cache_dtype = cache_dtype
         self.compact_fraction = compact_fraction
+        self.held_out_folds = held_out_folds
 
     @classmethod
     def from_config(cls, config: SVMConfig) -> HardNegativeSVMs:
         return cls(C=config.C, positive_weight=config.positive_weight,
                    bias_multiplier=config.bias_multiplier, negative_overlap=config.negative_overlap,
                    hard_threshold=config.hard_negative_threshold, evict_threshold=config.evict_threshold,
-                   retrain_limit=config.retrain_limit, max_iter=config.max_iter, cache_dtype=config.cache_dtype)
+                   retrain_limit=config.retrain_limit, max_iter=config.max_iter, cache_dtype=config.cache_dtype,
+                   held_out_folds=config.calibration_folds)
 
-    def fit(self, X_pos: np.ndarray, y_pos: np.ndarray, negative_images: Iterable[tuple], num_classes: int) -> HardNegativeSVMs:
+    def fit(self, X_pos: np.ndarray, y_pos: np.ndarray, negative_images: Iterable[tuple], num_classes: int,
+            pos_images: np.ndarray | None = None) -> HardNegativeSVMs:
         """Train all K classes in one pass over ``negative_images``.
 
         X_pos (P, D): features of the positives (the GT boxes), float32 to avoid a copy; y_pos
@@ -199,16 +212,21 @@ class HardNegativeSVMs(BaseEstimator):
         e.g. when duplicate windows were left out. It is iterated exactly once, so it may be a
         generator computing features on the fly. In a single pass each (image, window) is offered
         once, so the cache never holds a window twice (R-CNN's duplicate check only matters for
-        several mining epochs).
+        several mining epochs). ``pos_images`` (P,): the stream index of the image each positive
+        comes from, needed with ``held_out_folds``.
         """
         if self.cache_dtype not in ("float32", "float16"):
             raise ValueError(f"cache_dtype must be 'float32' or 'float16', not {self.cache_dtype!r}")
+        if self.held_out_folds == 1 or self.held_out_folds < 0:
+            raise ValueError(f"held_out_folds must be 0 or at least 2, not {self.held_out_folds}")
         X_pos = np.asarray(X_pos, dtype=np.float32)
         y_pos = np.asarray(y_pos).reshape(-1)
         if X_pos.ndim != 2 or len(X_pos) != len(y_pos):
             raise ValueError(f"X_pos must be (P, D) with one label each; got {X_pos.shape} and {y_pos.shape}")
         if len(y_pos) and (y_pos.min() < 0 or y_pos.max() >= num_classes):
             raise ValueError(f"y_pos must hold class indices in 0..{num_classes - 1}")
+        if self.held_out_folds and (pos_images is None or np.shape(pos_images) != y_pos.shape):
+            raise ValueError("held_out_folds needs pos_images: the image index of each positive")
         dim = X_pos.shape[1]
         positives = [np.flatnonzero(y_pos == j) for j in range(num_classes)]  # indices: no per-class copies
         mined = [j for j in range(num_classes) if len(positives[j])]
@@ -277,6 +295,9 @@ class HardNegativeSVMs(BaseEstimator):
             if added[j]:
                 retrain(j, image, "final")
 
+        if self.held_out_folds:
+            self.fold_coef_, self.fold_intercept_ = self._fold_models(
+                X_pos, positives, np.asarray(pos_images).reshape(-1), store, rows, dim, num_classes)
         untrained = np.flatnonzero(~trained)
         if len(untrained):
             warnings.warn(f"classes {untrained.tolist()} have no positives or no negatives: "
@@ -307,7 +328,31 @@ class HardNegativeSVMs(BaseEstimator):
                  "n_evicted": int(easy.sum()), "n_iter": svm.n_iter_, **svm.objective(X, y)}
         return svm, ~easy, entry
 
+    def _fold_models(self, X_pos: np.ndarray, positives: list[np.ndarray], pos_images: np.ndarray,
+                     store: NegativeStore, rows: dict[int, np.ndarray], dim: int,
+                     num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """(F, K, D) weights and (F, K) biases, fold f trained without the images ``i % F == f``."""
+        folds = self.held_out_folds
+        coef = np.zeros((folds, num_classes, dim), np.float32)
+        intercept = np.full((folds, num_classes), -np.inf, np.float32)
+        for j, negative_rows in rows.items():
+            negative_folds = store.keys(negative_rows)[:, 0] % folds
+            for f in range(folds):
+                kept_pos = positives[j][pos_images[positives[j]] % folds != f]
+                kept_neg = negative_rows[negative_folds != f]
+                if len(kept_pos) and len(kept_neg):
+                    svm, _, _ = self._retrain(X_pos, kept_pos, store, kept_neg, 0)
+                    coef[f, j], intercept[f, j] = svm.coef_, svm.intercept_
+        return coef, intercept
+
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """(N, D) -> (N, K) SVM margins, one matmul for all classes."""
         check_is_fitted(self, "coef_")
         return np.asarray(X, dtype=np.float32) @ self.coef_.T + self.intercept_
+
+    def held_out_decision_function(self, X: np.ndarray, image: int) -> np.ndarray:
+        """(N, D) features of stream image ``image`` -> (N, K) margins under the fold model that
+        was trained without that image (``held_out_folds``)."""
+        check_is_fitted(self, "fold_coef_")
+        fold = image % self.held_out_folds
+        return np.asarray(X, dtype=np.float32) @ self.fold_coef_[fold].T + self.fold_intercept_[fold]

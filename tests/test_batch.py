@@ -569,6 +569,31 @@ def test_filter_a_finished_run_again(tmp_path, capsys):
     assert "other settings" in errors[3]
 
 
+def test_filter_by_probability_keeps_a_calibrated_runs_likely_detections(tmp_path, capsys):
+    source, out = tmp_path / "run", tmp_path / "filtered"
+    records = synthetic_run(source)
+    rng = np.random.default_rng(1)
+    for record in records:
+        for detection in record["detections"]:
+            detection["probability"] = round(float(rng.uniform()), 6)  # as records store them
+    (source / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["filter", str(source), "--out", str(out), "--min-prob", "0.5"]) == 0
+    filtered = read_records(out / "predictions.jsonl")
+    for before, after in zip(records, filtered):
+        kept = sorted((d for d in before["detections"] if d["probability"] >= 0.5), key=lambda d: -d["probability"])
+        assert after["detections"] == kept
+    assert json.loads((out / "run.json").read_text())["min_prob"] == 0.5
+    # a run of margins only, or a probability out of range: one-line errors naming what is wrong
+    margins_only = tmp_path / "margins"
+    synthetic_run(margins_only)
+    capsys.readouterr()
+    assert main(["filter", str(margins_only), "--out", str(tmp_path / "m"), "--min-prob", "0.5"]) == 2
+    assert main(["filter", str(source), "--out", str(tmp_path / "p"), "--min-prob", "1.5"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2 and "/data/b.jpg" in errors[0] and "calibrated" in errors[0]
+    assert "--min-prob: a probability in [0, 1], got 1.5" in errors[1]
+
+
 def test_a_run_json_without_the_class_list_is_resumed_and_gains_it(tmp_path):
     out = tmp_path / "run"
     synthetic_run(out)

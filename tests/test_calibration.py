@@ -82,8 +82,10 @@ def test_filter_by_probability_orders_by_probability_and_keeps_every_field():
     kept = DetectionFilter(min_probability=0.5)(calibrated_dets())
     assert kept.scores.tolist() == [0.5, -1.0] and kept.probabilities.tolist() == [0.9, 0.7]
     assert kept.labels.tolist() == [0, 2] and kept.boxes.shape == (2, 4)
+    margins_only = calibrated_dets()
     with pytest.raises(BatchError, match="calibrated"):
-        DetectionFilter(min_probability=0.5)(Detections.empty())
+        DetectionFilter(min_probability=0.5)(Detections(margins_only.boxes, margins_only.scores, margins_only.labels))
+    assert len(DetectionFilter(min_probability=0.5)(Detections.empty())) == 0  # nothing to test, nothing to refuse
 
 
 def test_the_probability_threshold_of_detect():
@@ -94,7 +96,7 @@ def test_the_probability_threshold_of_detect():
     calibrated = SimpleNamespace(calibration=PlattScaling(), config=SPPConfig().replace(test={"detect_min_probability": 0.6}))
     assert min_probability(None, calibrated) == 0.6 and min_probability(0.0, calibrated) == 0.0
     with pytest.raises(BatchError, match=r"--min-prob: a probability in \[0, 1\], got 1.5"):
-        min_probability(1.5, calibrated)
+        DetectionFilter(min_probability=min_probability(1.5, calibrated))
     margins_only = SimpleNamespace(calibration=None, config=SPPConfig())
     assert min_probability(None, margins_only) is None
     with pytest.raises(BatchError, match="no calibration"):

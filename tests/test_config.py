@@ -56,6 +56,7 @@ SECTIONS = (ProposalConfig, FeatureConfig, FinetuneConfig, SVMConfig, BBoxConfig
     (_TestSection, {"max_per_image": -1}, "test.max_per_image: must be >= 0, got -1"),
     (_TestSection, {"max_per_class": -1}, "test.max_per_class: must be >= 0, got -1"),
     (SVMConfig, {"cache_dtype": "float64"}, "svm.cache_dtype: must be one of float32, float16"),
+    (SVMConfig, {"calibration_folds": 1}, "svm.calibration_folds: must be 0 or >= 2, got 1"),
 ])
 def test_a_bad_value_is_refused_when_the_section_is_made(section, changes, message):
     with pytest.raises(ConfigError) as caught:

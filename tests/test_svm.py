@@ -257,13 +257,73 @@ def test_class_without_positives_scores_minus_infinity():
 
 def test_from_config_takes_every_svm_setting():
     cfg = SVMConfig(C=0.01, positive_weight=3.0, bias_multiplier=5.0, negative_overlap=0.2,
-                    hard_negative_threshold=-0.9, evict_threshold=-1.5, retrain_limit=7, max_iter=99)
+                    hard_negative_threshold=-0.9, evict_threshold=-1.5, retrain_limit=7, max_iter=99,
+                    calibration_folds=4)
     params = HardNegativeSVMs.from_config(cfg).get_params()
     assert params == {**params, "C": 0.01, "positive_weight": 3.0, "bias_multiplier": 5.0,
                       "negative_overlap": 0.2, "hard_threshold": -0.9, "evict_threshold": -1.5,
-                      "retrain_limit": 7, "max_iter": 99}
+                      "retrain_limit": 7, "max_iter": 99, "held_out_folds": 4}
     default = HardNegativeSVMs.from_config(SVMConfig()).get_params()
-    assert default == HardNegativeSVMs().get_params()
+    # the estimator alone trains no fold models (they need each positive's image); the trainer does
+    assert default == {**HardNegativeSVMs().get_params(), "held_out_folds": SVMConfig().calibration_folds}
+
+
+def positive_images(y_pos, n_images):
+    """Spread the positives over the stream's images, as the trainer's GT boxes are."""
+    return np.arange(len(y_pos)) % n_images
+
+
+def test_fold_models_are_the_final_caches_retrained_without_each_fold():
+    rng = np.random.default_rng(8)
+    X_pos, y_pos = positives(rng)
+    images = make_images(rng, n_images=9)
+    pos_images = positive_images(y_pos, 9)
+    # nothing evicted: each class's final cache is exactly the negatives its final model saw
+    model = HardNegativeSVMs(**MINING, evict_threshold=-1e9, held_out_folds=3).fit(
+        X_pos, y_pos, iter(images), num_classes=K, pos_images=pos_images)
+    assert model.fold_coef_.shape == (3, K, D) and model.fold_intercept_.shape == (3, K)
+    for j in range(K):
+        keys = model.negative_keys_[j]
+        for f in range(3):
+            pos = (y_pos == j) & (pos_images % 3 != f)
+            neg = keys[keys[:, 0] % 3 != f]
+            X = np.concatenate([X_pos[pos], np.stack([images[i][0][w] for i, w in neg])])
+            y = np.r_[np.ones(pos.sum(), np.int64), np.zeros(len(neg), np.int64)]
+            reference = LinearSVM(C=MINING["C"]).fit(X, y)
+            np.testing.assert_allclose(model.fold_coef_[f, j], reference.coef_, rtol=1e-4, atol=1e-5)
+            assert model.fold_intercept_[f, j] == pytest.approx(reference.intercept_, abs=1e-4)
+    windows = images[4][0]
+    np.testing.assert_allclose(model.held_out_decision_function(windows, 4),
+                               windows @ model.fold_coef_[1].T + model.fold_intercept_[1], rtol=1e-5, atol=1e-5)
+
+
+def test_held_out_margins_are_less_confident_than_in_sample_ones():
+    """Many dimensions, few positives: the final SVMs fit their own positives past the margin,
+    the fold models see them as new."""
+    rng = np.random.default_rng(9)
+    dim, n_images = 200, 12
+    centre = np.zeros(dim, np.float32)
+    centre[:5] = 1.0
+    X_pos = (rng.normal(size=(36, dim)) + centre).astype(np.float32)
+    y_pos = np.zeros(36, np.int64)
+    images = [(rng.normal(size=(40, dim)).astype(np.float32), rng.uniform(0, 0.29, (40, 1)))
+              for _ in range(n_images)]
+    pos_images = positive_images(y_pos, n_images)
+    model = HardNegativeSVMs(C=1.0, held_out_folds=3).fit(X_pos, y_pos, iter(images), num_classes=1,
+                                                          pos_images=pos_images)
+    in_sample = model.decision_function(X_pos)[:, 0]
+    held_out = np.array([model.held_out_decision_function(x[None], i)[0, 0] for x, i in zip(X_pos, pos_images)])
+    assert in_sample.mean() > 0.9 and held_out.mean() < in_sample.mean() - 0.5
+
+
+def test_fold_models_need_the_positives_images_and_two_folds():
+    rng = np.random.default_rng(10)
+    X_pos, y_pos = positives(rng)
+    with pytest.raises(ValueError, match="pos_images"):
+        HardNegativeSVMs(held_out_folds=2).fit(X_pos, y_pos, iter(make_images(rng, 2)), num_classes=K)
+    with pytest.raises(ValueError, match="at least 2"):
+        HardNegativeSVMs(held_out_folds=1).fit(X_pos, y_pos, iter(make_images(rng, 2)), num_classes=K,
+                                               pos_images=positive_images(y_pos, 2))
 
 
 def test_mining_rejects_mismatched_shapes():

@@ -93,10 +93,12 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def add_filter_arguments(parser: argparse.ArgumentParser, default_threshold: str) -> None:
-    """--score-thresh, --topk, --classes (also `sppnet filter`'s)."""
+def add_filter_arguments(parser: argparse.ArgumentParser, default_threshold: str, default_probability: str) -> None:
+    """--score-thresh, --min-prob, --topk, --classes (also `sppnet filter`'s)."""
     parser.add_argument("--score-thresh", type=finite_float, default=None, metavar="S",
                         help=f"keep detections scoring at least S (default: {default_threshold})")
+    parser.add_argument("--min-prob", type=finite_float, default=None, metavar="P",
+                        help=f"keep detections of calibrated probability at least P (default: {default_probability})")
     parser.add_argument("--topk", type=int_at_least(1), default=None, metavar="K",
                         help="keep the K best detections per image")
     parser.add_argument("--classes", type=parse_classes, default=None, metavar="A,B",
@@ -110,10 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", metavar="FILE", help="a text file of image paths, one per line")
     parser.add_argument("--model", required=True, help="model.pt written by `sppnet train`")
     parser.add_argument("--out", required=True, help="output directory (see below)")
-    add_filter_arguments(parser, "the model's threshold")
-    parser.add_argument("--min-prob", type=finite_float, default=None, metavar="P",
-                        help="keep detections of calibrated probability at least P (default: "
-                             f"{SPPConfig().test.detect_min_probability} for a calibrated model; 0 keeps all)")
+    add_filter_arguments(parser, "the model's threshold",
+                         f"{SPPConfig().test.detect_min_probability} for a calibrated model; 0 keeps all")
     parser.add_argument("--save-vis", action="store_true", help="also write OUT/vis/: images with boxes drawn")
     parser.add_argument("--max-pixels", type=int_at_least(1), default=DEFAULT_MAX_PIXELS,
                         help="refuse images with more pixels than this (default: %(default)s)")

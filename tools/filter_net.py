@@ -15,14 +15,14 @@ from tools.detect_net import add_filter_arguments
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="RUN", help="the --out directory of a finished `sppnet detect`")
     parser.add_argument("--out", required=True, help="where the filtered run is written (not RUN)")
-    add_filter_arguments(parser, "RUN's")
+    add_filter_arguments(parser, "RUN's", "RUN's")
 
 
 def run(args: argparse.Namespace) -> int:
     from detection.runs.batch import DETECTIONS, PREDICTIONS
     from detection.runs.batch.refilter import refilter
 
-    images, failures = refilter(args.source, args.out, args.score_thresh, args.topk, args.classes)
+    images, failures = refilter(args.source, args.out, args.score_thresh, args.topk, args.classes, args.min_prob)
     print(f"filter: {images} images, {len(failures)} failed in {args.source}")
     print(f"detections: {args.out}/{DETECTIONS} (COCO), {args.out}/{PREDICTIONS}")
     return 0

@@ -287,13 +287,19 @@ class SVMConfig(_Section):
     calibration_windows_per_image: int = 500
     calibration_overlap: float = 0.5
     calibration_seed: int = 5
+    # Margins for the sigmoids from held-out models: each image's windows are scored by an SVM
+    # retrained without the images of its fold (of ``calibration_folds``), as an unseen photo would
+    # be (svm.hard_negatives: held_out_folds). 0 scores them with the final SVMs, which trained on
+    # those very windows: the sigmoids come out overconfident (every box of a photo p > 0.6).
+    calibration_folds: int = 3
 
     _name = "svm"
     _rules = {"feature_norm_target": POSITIVE, "norm_images": at_least(1), "norm_boxes_per_image": at_least(1),
               "norm_seed": at_least(0), "C": POSITIVE, "positive_weight": POSITIVE, "bias_multiplier": POSITIVE,
               "negative_overlap": FRACTION, "retrain_limit": at_least(0), "max_iter": at_least(1),
               "calibration_images": at_least(1), "calibration_windows_per_image": at_least(1),
-              "calibration_overlap": FRACTION, "calibration_seed": at_least(0)}
+              "calibration_overlap": FRACTION, "calibration_seed": at_least(0),
+              "calibration_folds": Check("0 or >= 2", lambda value: value == 0 or value >= 2)}
 
 
 @dataclass(frozen=True)

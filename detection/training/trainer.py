@@ -331,12 +331,13 @@ class TrainingRun:
         head = self._svm_head()
         scale = self._feature_scale(head, layer)
         windows = self.windows()
-        positives, labels = [], []
+        positives, labels, images = [], [], []
         for i, w in enumerate(self._bar(windows, "svm positives")):
             is_positive = w.positives(cfg.svm.use_difficult)
             if is_positive.any():
                 positives.append(self._features(i, w.boxes[is_positive], head, layer) * scale)
                 labels.append(w.positive_labels[is_positive])
+                images.append(np.full(int(is_positive.sum()), i))
 
         def negative_images() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
             for i, w in enumerate(self._bar(windows, "svm hard negatives")):
@@ -347,20 +348,22 @@ class TrainingRun:
             raise TrainingError(f"no {'' if cfg.svm.use_difficult else 'non-difficult '}ground-truth box in the "
                                 "training set: nothing to train SVMs on")
         svms = HardNegativeSVMs.from_config(cfg.svm).fit(np.concatenate(positives), np.concatenate(labels),
-                                                         negative_images(), num_classes=self.num_classes)
+                                                         negative_images(), num_classes=self.num_classes,
+                                                         pos_images=np.concatenate(images))
         for entry in svms.history_:
             self._say(format_svm_retrain(entry, self.dataset.classes), console=False)
         self._say(summarise_svm_history(svms.history_, self.dataset.classes))
-        platt = self._calibration(head, layer, scale, svms.coef_, svms.intercept_)
+        platt = self._calibration(head, layer, scale, svms)
         self.store.save("svm", self.fingerprints["svm"],
                         {"coef": svms.coef_, "intercept": svms.intercept_, "feature_scale": scale,
                          "platt_coef": platt.coef_, "platt_intercept": platt.intercept_},
                         {"history": svms.history_}, self._stage_meta("svm", cfg.svm))
 
-    def _calibration(self, head: FCHead | None, layer: str, scale: float, coef: np.ndarray,
-                     intercept: np.ndarray) -> PlattScaling:
-        """Per-class Platt sigmoids on the trained SVMs' margins of a seeded sample of training
-        proposals, each labelled by whether it would be a correct detection (config ``svm.calibration_*``)."""
+    def _calibration(self, head: FCHead | None, layer: str, scale: float, svms: HardNegativeSVMs) -> PlattScaling:
+        """Per-class Platt sigmoids on the SVM margins of a seeded sample of training proposals,
+        each labelled by whether it would be a correct detection (config ``svm.calibration_*``);
+        the margins come from the fold models that did not train on the image, unless
+        ``svm.calibration_folds`` is 0."""
         cfg = self.config.svm
         windows = self.windows()
         gt_counts = [len(w.record.boxes) for w in windows]  # the GT boxes come first: proposals follow
@@ -369,12 +372,16 @@ class TrainingRun:
         margins, correct = [np.zeros((0, self.num_classes))], [np.zeros((0, self.num_classes), dtype=bool)]
         for i, chosen in self._bar(picks, "svm calibration"):
             rows = chosen + gt_counts[i]
-            margins.append(self._features(i, windows[i].boxes[rows], head, layer) * scale @ coef.T + intercept)
+            features = self._features(i, windows[i].boxes[rows], head, layer) * scale
+            margins.append(svms.held_out_decision_function(features, i) if cfg.calibration_folds
+                           else svms.decision_function(features))
             correct.append(windows[i].overlaps[rows] >= cfg.calibration_overlap)
         margins, correct = np.concatenate(margins), np.concatenate(correct)  # (N, K)
         classes = np.broadcast_to(np.arange(self.num_classes), margins.shape)
-        platt = PlattScaling().fit(margins.ravel(), correct.ravel(), classes.ravel(), self.num_classes)
-        self._say(f"calibration: Platt sigmoids on {len(margins)} windows of {len(picks)} images, "
+        scored = np.isfinite(margins)  # a class without an SVM (or fold model) scores -inf: nothing to fit
+        platt = PlattScaling().fit(margins[scored], correct[scored], classes[scored], self.num_classes)
+        held_out = f"held-out margins of {cfg.calibration_folds} fold models" if cfg.calibration_folds else "in-sample margins"
+        self._say(f"calibration: Platt sigmoids on {len(margins)} windows of {len(picks)} images ({held_out}), "
                   f"{int(correct.sum())} correct (window, class) pairs", console=False)
         return platt
 

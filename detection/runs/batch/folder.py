@@ -164,11 +164,7 @@ def min_probability(requested: float | None, detector: Detector) -> float | None
             raise BatchError("--min-prob: this model has no calibration (margins only); use --score-thresh, "
                              "or retrain it to get probabilities")
         return None
-    if requested is None:
-        return detector.config.test.detect_min_probability
-    if not 0 <= requested <= 1:
-        raise BatchError(f"--min-prob: a probability in [0, 1], got {requested}")
-    return requested
+    return detector.config.test.detect_min_probability if requested is None else requested
 
 
 def detect_folder(model: str | os.PathLike, inputs: Sequence[str], out: str | os.PathLike,

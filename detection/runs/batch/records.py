@@ -22,11 +22,15 @@ class DetectionFilter:
     labels: tuple[int, ...] | None = None
     min_probability: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.min_probability is not None and not 0 <= self.min_probability <= 1:
+            raise BatchError(f"--min-prob: a probability in [0, 1], got {self.min_probability}")
+
     def __call__(self, dets: Detections) -> Detections:
         keep = np.ones(len(dets), dtype=bool)
         if self.min_score is not None:
             keep &= np.asarray(dets.scores) >= self.min_score
-        if self.min_probability is not None:
+        if self.min_probability is not None and len(dets):  # an image without detections has nothing to test
             if dets.probabilities is None:
                 raise BatchError("a probability threshold needs a calibrated model (trained with calibration)")
             keep &= np.asarray(dets.probabilities) >= self.min_probability
