@@ -145,7 +145,7 @@ def test_names_and_schedules_have_one_source():
     config = FinetuneConfig(iterations=90_000)
     assert learning_rate(config, 0) == 1e-3 and learning_rate(config, 30_000) == pytest.approx(1e-4)
     assert learning_rate(dataclasses.replace(config, base_lr=5e-3), 30_000) == pytest.approx(5e-4)
-    assert SPPConfig.preset("demo").finetune.hidden == 512 and SPPConfig.preset("ablation").finetune.iterations == 1000
+    assert SPPConfig.preset("demo").finetune.iterations == 500
 
 
 def test_fine_tuning_fingerprints_ignore_checkpoints_and_keep_their_old_values():

@@ -8,13 +8,17 @@ once per column. The model options below apply to every cell except --scales, --
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tools.common import add_config_arguments, add_runtime_arguments, config_from_args, device_from_args, int_at_least
+from tools.common import (
+    add_config_arguments,
+    add_runtime_arguments,
+    command_line,
+    config_from_args,
+    device_from_args,
+    int_at_least,
+)
 
 DOC_HEADER = """# Measured results
 
@@ -47,18 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use only the first N images of each split in the 5-scale column (CPU budget)")
     parser.add_argument("--columns", choices=("1", "5", "1,5"), default="1,5", help="scale columns to run")
     parser.add_argument("--doc", default="docs/results.md", help="Markdown file to write into (default: %(default)s)")
-    # the ablation preset: ten cells on a CPU, a narrower head and fewer iterations than the paper's
-    add_config_arguments(parser, preset="ablation")
+    # the defaults of `sppnet train`: the table measures what a user gets
+    add_config_arguments(parser)
     add_runtime_arguments(parser)
-
-
-def _command_line() -> str:
-    """This command as typed, when it came from the command line (not from Python)."""
-    if sys.argv[1:2] != ["ablation"]:
-        return "sppnet ablation (called from Python)"
-    # the thread count changes the wall times a lot on a busy machine, so it is part of the command
-    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
-    return threads + "sppnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                      dataset=f"`{generated.make.__name__}(num_trainval={count}, num_test={count}, "
                              f"seed={args.seed}, image_size=({width}, {height}))`",
                      config=config, machine=machine_description(device.type),
-                     command=_command_line(), date=started.strftime("%Y-%m-%d %H:%M UTC"))
+                     command=command_line("ablation"), date=started.strftime("%Y-%m-%d %H:%M UTC"))
     write_markdown_section(args.doc, name, section, DOC_HEADER)
     print(f"tables written to {args.doc}")
     return 0

@@ -21,6 +21,7 @@ from tools import (
     export_net,
     filter_net,
     proposal_recall,
+    scaling,
     test_net,
     train_net,
 )
@@ -35,6 +36,7 @@ COMMANDS = {
     "ablation": (ablation, "the paper's Table 9 (feature layers × 1/5 scales) on a generated set -> docs/results.md"),
     "recall": (proposal_recall, "selective search modes compared: recall at IoU 0.5 / 0.7 and seconds per image"),
     "benchmark": (benchmark, "time SPP-net (1 and 5 scales) against R-CNN on the same images and proposals"),
+    "scaling": (scaling, "time, disk and peak memory per training stage as the image count grows, extrapolated to VOC 2007"),
     "benchmark-svm": (benchmark_svm, "time and peak memory of the SVM stage at VOC size, on generated features"),
     "export": (export_net, "write a model's scoring (conv, pyramid pooling, head, SVMs) as ONNX or TorchScript"),
 }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 import typing
 from collections.abc import Callable
@@ -312,6 +313,15 @@ def _default_text(value: Any) -> str:
 
 
 SHOWN_WARNINGS = 10  # skipped boxes listed one per line; the rest are counted
+
+
+def command_line(command: str) -> str:
+    """``sppnet COMMAND ...`` as typed, for a report, when it came from the command line (not from Python)."""
+    if sys.argv[1:2] != [command]:
+        return f"sppnet {command} (called from Python)"
+    # the thread count changes the wall times a lot on a busy machine, so it is part of the command
+    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    return threads + "sppnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def add_images_argument(parser: argparse.ArgumentParser) -> None:
