@@ -11,6 +11,7 @@ from detection.data.coco import coco_annotations
 from detection.data.demo import make_demo_dataset
 from detection.data.voc import VOCDataset
 from detection.detector import Detector
+from detection.evaluation.calibration import format_reliability, labelled_probabilities, reliability
 from detection.runs.batch import BatchError, DetectionFilter, prediction_record, record_detections
 from detection.training.trainer import Trainer
 from svm.calibration import PlattScaling, fit_platt
@@ -145,6 +146,16 @@ def test_training_stores_a_calibration_and_detection_reports_probabilities(tmp_p
         order = np.argsort(dets.scores[mine])
         assert (np.diff(dets.probabilities[mine][order]) >= 0).all()
 
+    # `sppnet test` of a calibrated model reports how often its probabilities come true
+    from detection.core.cache import Cache
+    from detection.runs.test import test_model
+
+    metrics = test_model(loaded, VOCDataset(voc, "test", classes=loaded.classes), tmp_path / "test", Cache(tmp_path / "cache"), progress=False)
+    calibration = metrics["calibration"]
+    assert calibration["count"] == sum(b["count"] for b in calibration["bins"]) > 0
+    assert 0 <= calibration["ece"] <= 1
+    assert json.loads((tmp_path / "test" / "metrics.json").read_text())["calibration"] == calibration
+
     # a model file written before calibration existed: margins only, no error
     state = torch.load(tmp_path / "work" / "model.pt", weights_only=True)
     del state["calibration"]
@@ -153,3 +164,74 @@ def test_training_stores_a_calibration_and_detection_reports_probabilities(tmp_p
     assert old.calibration is None
     old_dets = old(image)
     assert old_dets.probabilities is None and old_dets.scores == pytest.approx(dets.scores)
+
+
+# -- reliability of the probabilities on a split with ground truth ----------------------------------
+
+def test_reliability_bins_counts_means_and_ece():
+    p = np.array([0.05, 0.15, 0.95, 0.95, 1.0])
+    right = np.array([False, True, True, False, True])
+    result = reliability(p, right, bins=10)
+    filled = [b for b in result["bins"] if b["count"]]
+    assert [(b["low"], b["count"]) for b in filled] == [(0.0, 1), (0.1, 1), (0.9, 3)]  # 1.0 in the last bin
+    assert filled[2]["mean_probability"] == pytest.approx(2.9 / 3) and filled[2]["share_right"] == pytest.approx(2 / 3)
+    assert result["ece"] == pytest.approx((0.05 + 0.85 + 3 * abs(2.9 / 3 - 2 / 3)) / 5)
+    assert result["bins"][5] == {"low": 0.5, "high": 0.6, "count": 0, "mean_probability": None, "share_right": None}
+    assert "ECE 0.360 over 5 detections" in format_reliability(result)
+    # right 19 of 20 times at p = 0.95, 1 of 20 at p = 0.05: calibrated
+    perfect = reliability(np.r_[np.full(20, 0.95), np.full(20, 0.05)], np.r_[np.arange(20) < 19, np.arange(20) < 1])
+    assert perfect["ece"] == pytest.approx(0.0)
+
+
+def slow_right_or_wrong(dataset, detections, iou_threshold=0.5):
+    """The devkit's loop, one detection at a time: (probability, right) of every counted detection."""
+    def iou(a, b):
+        w = min(a[2], b[2]) - max(a[0], b[0]) + 1
+        h = min(a[3], b[3]) - max(a[1], b[1]) + 1
+        if w <= 0 or h <= 0:
+            return 0.0
+        inter = w * h
+        return inter / ((a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter)
+
+    records = {r.image_id: r for r in dataset}
+    out = []
+    for label in range(len(dataset.classes)):
+        dets = [(s, p, image_id, box) for image_id, d in detections.items() if d.probabilities is not None
+                for s, p, box, lab in zip(d.scores, d.probabilities, d.boxes, d.labels) if lab == label]
+        dets.sort(key=lambda t: -t[0])
+        matched = set()
+        for _, p, image_id, box in dets:
+            record = records[image_id]
+            best, best_j = 0.0, -1
+            for j, (gt, lab) in enumerate(zip(record.boxes, record.labels)):
+                if lab == label and iou(box, gt) > best:
+                    best, best_j = iou(box, gt), j
+            if best >= iou_threshold and record.difficult[best_j]:
+                continue
+            hit = best >= iou_threshold and (image_id, best_j) not in matched
+            if hit:
+                matched.add((image_id, best_j))
+            out.append((p, hit))
+    return sorted(out)
+
+
+def test_right_or_wrong_as_the_voc_evaluation_counts_it(tmp_path, write_voc):
+    root = write_voc(tmp_path / "voc", {
+        "a": [("cat", (11, 11, 30, 30)), ("dog", (41, 5, 60, 40)), ("cat", (35, 30, 50, 45), True)],
+        "b": [("dog", (1, 1, 20, 20))],
+    })
+    dataset = VOCDataset(root, "test", classes=("cat", "dog"))
+    rng = np.random.default_rng(3)
+    detections = {}
+    for image_id, record in zip(("a", "b"), dataset):
+        centres = np.repeat(record.boxes, 6, axis=0) + rng.normal(0, 4, (6 * len(record.boxes), 4))
+        xs, ys = np.sort(np.clip(centres[:, [0, 2]], 0, 63), axis=1), np.sort(np.clip(centres[:, [1, 3]], 0, 47), axis=1)
+        boxes = np.column_stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]])
+        labels = rng.integers(0, 2, len(boxes))
+        detections[image_id] = Detections(boxes, rng.normal(0, 1, len(boxes)), labels, rng.uniform(0, 1, len(boxes)))
+    probabilities, right = labelled_probabilities(dataset, detections)
+    expected = slow_right_or_wrong(dataset, detections)
+    assert sorted(zip(probabilities.tolist(), right.tolist())) == [(p, bool(r)) for p, r in expected]
+    assert right.any() and not right.all()
+    margins_only = {k: Detections(d.boxes, d.scores, d.labels) for k, d in detections.items()}
+    assert len(labelled_probabilities(dataset, margins_only)[0]) == 0

@@ -48,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
     metrics = test_model(detector, dataset, args.out, cache, metric=args.metric, workers=args.workers,
                          progress=not args.quiet, proposals=precomputed_from_args(args))
     print(format_metrics(metrics))
+    if "calibration" in metrics:
+        from detection.evaluation.calibration import format_reliability
+
+        print("probabilities against outcomes (right = a true positive at IoU 0.5, as the AP counts it):")
+        print(format_reliability(metrics["calibration"]))
     if cache.stale:
         print(f"{len(cache.stale)} stale cache entries recomputed (computed from other image files than these)")
     for reason in metrics.get("failed_images", {}).values():

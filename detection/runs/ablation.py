@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from detection.core.cache import Cache, atomic_write_bytes
-from detection.core.config import FIVE_SCALES, SINGLE_SCALE, SPPConfig
+from detection.core.config import FIVE_SCALES, FRESH_FC_WIDTH, SINGLE_SCALE, SPPConfig
 from detection.evaluation.voc_eval import evaluate_detections
 from detection.data.demo import DEMO_CLASSES, make_demo_dataset
 from detection.data.realistic import REALISTIC_CLASSES, make_realistic_dataset
@@ -280,7 +280,7 @@ def report(result: AblationResult, title: str, dataset: str, config: SPPConfig, 
         f"pyramid {config.features.pyramid_levels}, scale rule {config.features.scale_rule}, "
         f"projection {config.features.projection}",
         f"- fine-tuning: {ft.iterations} iterations of {ft.batch_size} windows, {ft.schedule} schedule, "
-        f"fc width {ft.hidden or 'default'}, {ft.scale_sampling} scale per window, flips {'on' if ft.flip else 'off'}",
+        f"fc width {ft.hidden or f'{FRESH_FC_WIDTH} (a fresh head; a pretrained one keeps its own)'}, {ft.scale_sampling} scale per window, flips {'on' if ft.flip else 'off'}",
         f"- machine: {machine}",
         f"- date: {date}",
         f"- command: `{command}`",

@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 from detection.core.cache import Cache, atomic_write_bytes
 from detection.detector import Detector
+from detection.evaluation.calibration import labelled_probabilities, reliability
 from detection.evaluation.results import evaluate_results
 from detection.core.images import load_image
 from detection.core.detections import Detections
@@ -69,6 +70,9 @@ def test_model(detector: Detector, dataset: Dataset, out_dir: str | Path, cache:
                workers: int = 1, progress: bool = True, proposals: PrecomputedProposals | None = None) -> dict:
     """Detect, write devkit result files under ``out_dir/results`` and ``out_dir/metrics.json``; return the metrics.
 
+    With a calibrated detector the metrics also hold ``calibration``: the reliability table of the
+    detections' probabilities (:mod:`detection.evaluation.calibration`).
+
     The metrics are those of the result files as written (scores and coordinates rounded), so that
     ``sppnet eval`` of them gives the same numbers. ``proposals``: precomputed windows instead of
     selective search's.
@@ -80,6 +84,8 @@ def test_model(detector: Detector, dataset: Dataset, out_dir: str | Path, cache:
                                           proposals=proposals)
     write_devkit_results(out_dir / "results", dataset.split, dataset.classes, detections)
     metrics = evaluate_results(dataset, out_dir / "results", metric=metric)
+    if detector.calibration is not None:  # how far the probabilities `sppnet detect` thresholds can be trusted
+        metrics["calibration"] = reliability(*labelled_probabilities(dataset, detections))
     if failures:
         metrics["failed_images"] = failures
     atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
