@@ -180,3 +180,21 @@ def test_detect_set_changes_the_models_test_options_and_is_part_of_the_run(tmp_p
     capsys.readouterr()
     assert main(["detect", image, *common, "--set", "test.max_per_image=4"]) == 2
     assert "made by a run with other settings (set)" in capsys.readouterr().err
+
+
+def test_every_sppnet_command_in_the_readme_parses():
+    """The README's examples are what users copy: each `sppnet ...` line must be a valid command line."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = [line.split("#")[0].strip() for block in re.findall(r"```bash\n(.*?)```", readme, re.S)
+             for line in block.splitlines()]
+    commands = [re.sub(r"\[[^\]]*\]", "", line) for line in lines if line.startswith("sppnet ")]
+    assert len(commands) >= 15
+    parser = build_parser()
+    for command in commands:
+        try:
+            parser.parse_args(shlex.split(command)[1:])
+        except SystemExit as stopped:
+            pytest.fail(f"README: `{command}` does not parse (exit {stopped.code})")
