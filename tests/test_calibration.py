@@ -130,10 +130,14 @@ TINY = SPPConfig().replace(
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:classes .* have no positives:RuntimeWarning")
-def test_training_stores_a_calibration_and_detection_reports_probabilities(tmp_path):
+@pytest.mark.parametrize("folds", [0, 2])
+def test_training_stores_a_calibration_and_detection_reports_probabilities(tmp_path, folds):
     voc = make_demo_dataset(tmp_path / "data", num_trainval=4, num_test=2, seed=2, image_size=(160, 120))
     dataset = VOCDataset(voc, "trainval")
-    detector = Trainer(TINY, tmp_path / "work", device="cpu", progress=False, log=lambda _: None).train(dataset)
+    detector = Trainer(TINY.replace(svm={"calibration_folds": folds}), tmp_path / "work", device="cpu",
+                       progress=False, log=lambda _: None).train(dataset)
+    log = (tmp_path / "work" / "train.log").read_text()
+    assert ("held-out margins of 2 fold models" if folds else "in-sample margins") in log
     assert detector.calibration is not None and (detector.calibration.coef_ <= 0).all()
     loaded = Detector.load(tmp_path / "work" / "model.pt", device="cpu")
     assert loaded.calibration.coef_ == pytest.approx(detector.calibration.coef_)

@@ -287,11 +287,12 @@ class SVMConfig(_Section):
     calibration_windows_per_image: int = 500
     calibration_overlap: float = 0.5
     calibration_seed: int = 5
-    # Margins for the sigmoids from held-out models: each image's windows are scored by an SVM
-    # retrained without the images of its fold (of ``calibration_folds``), as an unseen photo would
-    # be (svm.hard_negatives: held_out_folds). 0 scores them with the final SVMs, which trained on
-    # those very windows: the sigmoids come out overconfident (every box of a photo p > 0.6).
-    calibration_folds: int = 3
+    # >= 2: the margins the sigmoids are fitted on come from held-out models, each image's windows
+    # scored by an SVM retrained without the images of its fold (svm.hard_negatives: held_out_folds),
+    # as an unseen photo's would be. 0: the final SVMs' own margins. Measured on the realistic and
+    # demo sets (docs/results.md, "Calibrated probabilities"), 3 folds were no better calibrated
+    # than 0 and cost 3 more SVM trainings per class, so 0 is the default.
+    calibration_folds: int = 0
 
     _name = "svm"
     _rules = {"feature_norm_target": POSITIVE, "norm_images": at_least(1), "norm_boxes_per_image": at_least(1),
