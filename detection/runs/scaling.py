@@ -3,8 +3,10 @@
 For each scale set and each size N, :func:`measure_scaling` trains on the first N training images
 from nothing (its own empty cache and work directory), one stage at a time, and measures each
 stage: wall and CPU seconds (this process and its finished children, the selective-search
-workers), the peak resident memory of this process while the stage ran (sampled), and the bytes
-on disk after it (cache + work directory). Then it tests on a fixed number of test images
+workers), the peak resident memory of this process while the stage ran (sampled; it includes
+what earlier stages and runs of the same process left allocated, so read it as an upper bound
+and its rise within a run as the stage's own), and the bytes on disk after it (cache + work
+directory). Then it tests on a fixed number of test images
 (selective search, conv maps and detection: the per-image cost of testing, which does not depend
 on N). :func:`fit_growth` fits each stage's time to ``a + b·N`` (and reports how far the largest
 size sits from that line), :func:`extrapolate` carries the fit to another size, e.g. VOC 2007.
@@ -149,7 +151,7 @@ def measure_scaling(config: SPPConfig, train_set: Dataset, test_set: Dataset, ou
                                     len(scales), n, TEST_STAGE, directories, len(tested))
                 costs.append(cost)
                 log(f"scaling: {len(scales)} scale(s), test on {len(tested)} images: {cost.wall_s:.1f} s wall, "
-                    f"{cost.cpu_s:.1f} s CPU")
+                    f"{cost.cpu_s:.1f} s CPU, peak {cost.peak_rss_bytes / 2**30:.2f} GiB")
     return costs
 
 
