@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="ImageSets/Main split to test on (default: %(default)s)")
     add_images_argument(parser)
     parser.add_argument("--model", required=True, help="model.pt written by `sppnet train`")
-    parser.add_argument("--out", required=True, help="output directory: results/, metrics.json")
+    parser.add_argument("--out", required=True, help="output directory: results/, metrics.json (and calibration.json for a calibrated model)")
     parser.add_argument("--metric", choices=("voc07", "voc10"), default="voc07",
                         help="voc07: 11-point AP (default); voc10: area under the PR curve")
     parser.add_argument("--cache-dir", default=None,

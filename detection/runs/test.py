@@ -70,8 +70,10 @@ def test_model(detector: Detector, dataset: Dataset, out_dir: str | Path, cache:
                workers: int = 1, progress: bool = True, proposals: PrecomputedProposals | None = None) -> dict:
     """Detect, write devkit result files under ``out_dir/results`` and ``out_dir/metrics.json``; return the metrics.
 
-    With a calibrated detector the metrics also hold ``calibration``: the reliability table of the
-    detections' probabilities (:mod:`detection.evaluation.calibration`).
+    ``metrics.json`` holds what `sppnet eval` of the result files gives. With a calibrated detector
+    the reliability table of the detections' probabilities (:mod:`detection.evaluation.calibration`;
+    the result files keep margins only) is written to ``out_dir/calibration.json`` and returned
+    as the metrics' ``calibration``.
 
     The metrics are those of the result files as written (scores and coordinates rounded), so that
     ``sppnet eval`` of them gives the same numbers. ``proposals``: precomputed windows instead of
@@ -84,11 +86,13 @@ def test_model(detector: Detector, dataset: Dataset, out_dir: str | Path, cache:
                                           proposals=proposals)
     write_devkit_results(out_dir / "results", dataset.split, dataset.classes, detections)
     metrics = evaluate_results(dataset, out_dir / "results", metric=metric)
-    if detector.calibration is not None:  # how far the probabilities `sppnet detect` thresholds can be trusted
-        metrics["calibration"] = reliability(*labelled_probabilities(dataset, detections))
     if failures:
         metrics["failed_images"] = failures
     atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+    if getattr(detector, "calibration", None) is not None:  # how far `sppnet detect`'s probabilities hold
+        calibration = reliability(*labelled_probabilities(dataset, detections))
+        atomic_write_bytes(out_dir / "calibration.json", json.dumps(calibration, indent=2).encode())
+        metrics = {**metrics, "calibration": calibration}
     return metrics
 
 
