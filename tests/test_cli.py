@@ -165,6 +165,15 @@ def test_train_writes_the_resolved_config_which_config_reads_back(tmp_path):
     assert written == SPPConfig().override({"proposals.resize_width": 160, "proposals.max_proposals": 30,
                                             "test.nms_iou": 0.4})
     assert _config("train", "--data", "d", "--work-dir", "w", "--config", str(work / "config.yaml")) == written
+    # a cache shared between runs: a second work dir reads the proposals from it instead of its own
+    shared, second = tmp_path / "shared-cache", tmp_path / "second"
+    common = ["--stages", "proposals", "--proposal-width", "160", "--set", "proposals.max_proposals=30",
+              "--device", "cpu", "--workers", "1", "--quiet"]
+    assert main(["train", "--data", str(voc), "--work-dir", str(second), "--cache-dir", str(shared), *common]) == 0
+    assert any(shared.rglob("*")) and not (second / "cache").exists()
+    assert main(["train", "--data", str(voc), "--work-dir", str(tmp_path / "third"), "--cache-dir", str(shared),
+                 *common]) == 0
+    assert "stage proposals: up to date, skipped" in (tmp_path / "third" / "train.log").read_text()
 
 
 @pytest.mark.slow

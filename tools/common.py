@@ -324,6 +324,11 @@ def command_line(command: str) -> str:
     return threads + "sppnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+def add_cache_dir_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--cache-dir", default=None,
+                        help=f"proposal/conv cache (default: {default}); share it between runs to skip recomputation")
+
+
 def add_images_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", metavar="DIR", default=None,
                         help="the image folder, when --data is a COCO annotation .json (one split; --split is "

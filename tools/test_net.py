@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from tools.common import (
+    add_cache_dir_argument,
     add_images_argument,
     add_proposals_argument,
     add_runtime_arguments,
@@ -27,8 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory: results/, metrics.json (and calibration.json for a calibrated model)")
     parser.add_argument("--metric", choices=("voc07", "voc10"), default="voc07",
                         help="voc07: 11-point AP (default); voc10: area under the PR curve")
-    parser.add_argument("--cache-dir", default=None,
-                        help="proposal/conv cache (default: OUT/cache); share it between runs to skip recomputation")
+    add_cache_dir_argument(parser, "OUT/cache")
     add_test_time_set_argument(parser)
     add_proposals_argument(parser)
     add_runtime_arguments(parser)

@@ -12,6 +12,7 @@ import argparse
 from detection.core.config import STAGES, parse_stages
 from tools.common import (
     add_config_arguments,
+    add_cache_dir_argument,
     add_images_argument,
     add_proposals_argument,
     add_runtime_arguments,
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="trainval", help="ImageSets/Main split to train on (default: %(default)s)")
     parser.add_argument("--work-dir", required=True,
                         help="output directory: model.pt, config.yaml, train.log, caches under cache/")
+    add_cache_dir_argument(parser, "WORK_DIR/cache")
     parser.add_argument("--stages", type=_stages, default=STAGES,
                         help=f"comma-separated stages to run, in pipeline order (default: {','.join(STAGES)}); "
                              "the others' outputs are read from the cache")
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     device = device_from_args(args)
     dataset = load_data(args, classes=args.classes)
     trainer = Trainer(config, args.work_dir, device=device, workers=args.workers, progress=not args.quiet,
-                      proposals=precomputed_from_args(args))
+                      proposals=precomputed_from_args(args), cache_dir=args.cache_dir)
     save_config(config, trainer.work_dir)
     detector = trainer.train(dataset, stages=args.stages)
     for path in save_finetune_curves(trainer.finetune_history(), trainer.work_dir, plot=args.plot):
