@@ -142,9 +142,10 @@ class HardNegativeSVMs(BaseEstimator):
     held_out_folds : F >= 2: after mining, each class is also trained F more times, fold f leaving
         out the positives and cached negatives of the images ``i % F == f``, so that every image has
         a model that never saw it (:meth:`held_out_decision_function`); 0: no fold models.
-        Probabilities fitted on a model's own training windows are overconfident (its margins
-        there are pushed past +-1 by the hinge loss); the fold models give margins as an unseen
-        image gets them, like scikit-learn's ``CalibratedClassifierCV(ensemble=False)``. They
+        Probabilities fitted on a model's own training windows can be overconfident (the hinge
+        loss pushes its margins there past +-1); the fold models give margins as an unseen image
+        gets them, like scikit-learn's ``CalibratedClassifierCV(ensemble=False)`` (measured on
+        two generated sets in docs/results.md: no better calibrated there). They
         are trained on the final caches only (no mining of their own): the windows the full
         model found hard are the ones that decide its margins.
 

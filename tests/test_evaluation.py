@@ -1,5 +1,6 @@
 """VOC evaluation (devkit AP rules, both metrics) and devkit result files."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -479,7 +480,8 @@ def test_test_metrics_equal_eval_of_the_result_files_it_wrote(tiny, tmp_path, mo
     detections = {"000002": Detections(np.array([[5, 5, 24, 24]], dtype=float), np.array([0.3000001]), np.array([1])),
                   "000001": Detections(np.array([[0, 30, 10, 40]], dtype=float), np.array([0.3000004]), np.array([1]))}
     monkeypatch.setattr(test_run, "detect_dataset", lambda *args, **kwargs: (detections, {}))
-    metrics = test_run.test_model(None, dataset, tmp_path / "out", cache=None)
+    margins_only = SimpleNamespace(calibration=None)  # detection is replaced above: only this is read
+    metrics = test_run.test_model(margins_only, dataset, tmp_path / "out", cache=None)
     assert evaluate_detections(dataset, detections)["ap"]["pear"] == pytest.approx(0.5)  # in memory
     assert metrics["ap"]["pear"] == 1.0
     assert main(["eval", "--data", str(dataset.root), "--split", "test", "--results", str(tmp_path / "out" / "results"),

@@ -21,6 +21,7 @@ trusted (docs/bad-inputs.md lists what the user sees):
 """
 from __future__ import annotations
 
+import copy
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -110,6 +111,14 @@ class Dataset:
         if self.ignored_objects:
             text += f"; {self.ignored_objects} objects of other classes ignored"
         return text
+
+    def first(self, count: int | None) -> Dataset:
+        """This split restricted to its first ``count`` images (itself when None or larger)."""
+        if count is None or count >= len(self):
+            return self
+        subset = copy.copy(self)
+        subset.records = self.records[:count]
+        return subset
 
     def __len__(self) -> int:
         return len(self.records)

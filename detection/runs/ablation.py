@@ -9,7 +9,6 @@ Markdown file between markers, leaving the rest of the file (the discussion) unt
 """
 from __future__ import annotations
 
-import copy
 import os
 import platform
 import time
@@ -108,15 +107,6 @@ class AblationResult:
     columns: list[ColumnResult]
 
 
-def first_images(dataset: VOCDataset, count: int | None) -> VOCDataset:
-    """``dataset`` restricted to its first ``count`` images (the same dataset when None or larger)."""
-    if count is None or count >= len(dataset):
-        return dataset
-    subset = copy.copy(dataset)
-    subset.records = dataset.records[:count]
-    return subset
-
-
 def run_ablation(config: SPPConfig, train_set: VOCDataset, test_set: VOCDataset, out_dir: str | Path,
                  columns: tuple[AblationColumn, ...] = COLUMNS, rows: tuple[AblationRow, ...] = ROWS,
                  device: str | None = None, workers: int = 1, progress: bool = True,
@@ -136,7 +126,7 @@ def run_ablation(config: SPPConfig, train_set: VOCDataset, test_set: VOCDataset,
         proposals_s[dataset.split] = time.perf_counter() - start
     results = []
     for column in columns:
-        train, test = first_images(train_set, column.max_images), first_images(test_set, column.max_images)
+        train, test = train_set.first(column.max_images), test_set.first(column.max_images)
         cells, test_conv_s = [], None
         for row in rows:
             log(f"ablation: {row.name}, {column.name}")

@@ -30,7 +30,6 @@ import numpy as np
 from detection.core.cache import Cache
 from detection.core.config import STAGES, SPPConfig
 from detection.data.records import Dataset
-from detection.runs.ablation import first_images
 from detection.runs.test import detect_dataset
 from detection.training.stages import skip_reason
 from detection.training.trainer import Trainer
@@ -133,7 +132,7 @@ def measure_scaling(config: SPPConfig, train_set: Dataset, test_set: Dataset, ou
             directories = (run_dir / "cache", run_dir / "work")
             trainer = Trainer(run_config, directories[1], device=device, workers=workers, progress=progress,
                               log=lambda _line: None, cache_dir=directories[0])
-            subset = first_images(train_set, n)
+            subset = train_set.first(n)
             detector = None
             for stage in STAGES:
                 if skip_reason(stage, run_config):
@@ -145,7 +144,7 @@ def measure_scaling(config: SPPConfig, train_set: Dataset, test_set: Dataset, ou
                     f"{cost.cpu_s:.1f} s CPU, peak {cost.peak_rss_bytes / 2**30:.2f} GiB, "
                     f"disk {cost.disk_bytes / 2**20:.1f} MiB")
             if test_images:
-                tested = first_images(test_set, test_images)
+                tested = test_set.first(test_images)
                 _, cost = _measured(lambda: detect_dataset(detector, tested, Cache(directories[0]), workers=workers,
                                                            progress=progress),
                                     len(scales), n, TEST_STAGE, directories, len(tested))

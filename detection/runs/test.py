@@ -89,7 +89,7 @@ def test_model(detector: Detector, dataset: Dataset, out_dir: str | Path, cache:
     if failures:
         metrics["failed_images"] = failures
     atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
-    if getattr(detector, "calibration", None) is not None:  # how far `sppnet detect`'s probabilities hold
+    if detector.calibration is not None:  # how far `sppnet detect`'s probabilities hold
         calibration = reliability(*labelled_probabilities(dataset, detections))
         atomic_write_bytes(out_dir / "calibration.json", json.dumps(calibration, indent=2).encode())
         metrics = {**metrics, "calibration": calibration}
