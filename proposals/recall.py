@@ -1,4 +1,4 @@
-"""How many objects the proposals find: recall at IoU thresholds, and selective search modes compared.
+"""How many objects the proposals find: recall at IoU thresholds, and selective search settings compared.
 
 Recall at t is the fraction of ground-truth boxes that some proposal overlaps with IoU >= t (the
 measure of Hosang et al. and of selective search's own papers); VOC's difficult objects are left
@@ -6,6 +6,7 @@ out by the caller, as the evaluation leaves them out.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass, replace
@@ -41,9 +42,10 @@ def recall(overlaps: np.ndarray, thresholds: tuple[float, ...] | np.ndarray) -> 
 
 @dataclass
 class ModeResult:
-    """One selective search configuration measured on a set of images."""
+    """One selective search setting (mode and smallest window kept) measured on a set of images."""
 
     mode: str
+    min_size: int
     recall: dict[float, float]  # IoU threshold -> recall
     boxes_per_image: float
     cpu_s_per_image: float
@@ -58,8 +60,10 @@ SMALL_SIDE = 32  # "small" objects, as COCO's area 32²
 
 
 def compare_modes(images: list[tuple[str | os.PathLike, np.ndarray]], config: ProposalConfig,
-                  modes: tuple[str, ...], thresholds: tuple[float, ...] = (0.5, 0.7)) -> list[ModeResult]:
-    """Run selective search in each mode (else ``config``) on ``images`` ((path, (G, 4) GT boxes) pairs).
+                  modes: tuple[str, ...], min_sizes: tuple[int, ...] | None = None,
+                  thresholds: tuple[float, ...] = (0.5, 0.7)) -> list[ModeResult]:
+    """Run selective search on ``images`` ((path, (G, 4) GT boxes) pairs) in each mode with each
+    smallest window size (``min_sizes``, default ``config.min_size``), else as ``config`` says.
 
     Times each image's search alone (image reading excluded): process CPU time, which other jobs on
     the machine do not inflate, and wall time.
@@ -68,8 +72,8 @@ def compare_modes(images: list[tuple[str | os.PathLike, np.ndarray]], config: Pr
     gts = [gt for _, gt in loaded]
     sides = np.concatenate([gt[:, 2:] - gt[:, :2] + 1 for gt in gts]).max(axis=1) if gts else np.zeros(0)
     results = []
-    for mode in modes:
-        mode_config = replace(config, mode=mode)
+    for mode, min_size in itertools.product(modes, min_sizes or (config.min_size,)):
+        mode_config = replace(config, mode=mode, min_size=min_size)
         boxes, cpu, wall = [], 0.0, 0.0
         for image, _ in loaded:
             cpu_start, wall_start = time.process_time(), time.perf_counter()
@@ -79,7 +83,7 @@ def compare_modes(images: list[tuple[str | os.PathLike, np.ndarray]], config: Pr
         overlaps = best_overlaps(boxes, gts)
         count = max(len(loaded), 1)
         results.append(ModeResult(
-            mode, dict(zip(thresholds, recall(overlaps, thresholds).tolist())),
+            mode, min_size, dict(zip(thresholds, recall(overlaps, thresholds).tolist())),
             float(np.mean([len(b) for b in boxes])) if boxes else 0.0, cpu / count, wall / count, len(loaded),
             len(overlaps), dict(zip(thresholds, recall(overlaps[sides < SMALL_SIDE], thresholds).tolist())),
             int((sides < SMALL_SIDE).sum())))
@@ -89,12 +93,12 @@ def compare_modes(images: list[tuple[str | os.PathLike, np.ndarray]], config: Pr
 def recall_table(results: list[ModeResult]) -> str:
     """The comparison as a Markdown table (recall in %; "small": GT boxes under SMALL_SIDE px)."""
     thresholds = list(results[0].recall)
-    header = ("| mode | boxes / image | " + " | ".join(f"recall @ {t}" for t in thresholds) + " | "
+    header = ("| mode | min size | boxes / image | " + " | ".join(f"recall @ {t}" for t in thresholds) + " | "
               + " | ".join(f"small ({results[0].num_small}) @ {t}" for t in thresholds)
               + " | CPU s / image | wall s / image |")
-    lines = [header, "|---|" + "---:|" * (1 + 2 * len(thresholds) + 2)]
+    lines = [header, "|---|" + "---:|" * (2 + 2 * len(thresholds) + 2)]
     for r in results:
-        lines.append(f"| {r.mode} | {r.boxes_per_image:.0f} | "
+        lines.append(f"| {r.mode} | {r.min_size} | {r.boxes_per_image:.0f} | "
                      + " | ".join(f"{100 * r.recall[t]:.1f}" for t in thresholds) + " | "
                      + " | ".join(f"{100 * r.small_recall[t]:.1f}" for t in thresholds)
                      + f" | {r.cpu_s_per_image:.2f} | {r.wall_s_per_image:.2f} |")

@@ -207,3 +207,16 @@ def test_every_sppnet_command_in_the_readme_parses():
             parser.parse_args(shlex.split(command)[1:])
         except SystemExit as stopped:
             pytest.fail(f"README: `{command}` does not parse (exit {stopped.code})")
+
+
+def test_recall_compares_each_mode_with_each_min_size(tmp_path, write_voc, capsys):
+    voc = write_voc(tmp_path / "voc", {"000001": [("a", (5, 5, 40, 30))]}, size=(64, 48))
+    flags = ["recall", "--data", str(voc), "--num-images", "1", "--proposal-width", "0"]
+    assert main([*flags, "--modes", "rcnn_fast,opencv_fast", "--min-proposal-size", "30,8"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "fast" in line]
+    assert [row.split(" | ")[:2] for row in rows] == [["| rcnn_fast", "30"], ["| rcnn_fast", "8"],
+                                                      ["| opencv_fast", "30"], ["| opencv_fast", "8"]]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*flags, "--min-proposal-size", "0,8"])
+    assert exit_info.value.code == 2
+    assert "sizes must be >= 1" in capsys.readouterr().err

@@ -231,8 +231,21 @@ def test_rcnn_fast_finds_small_low_contrast_objects_better_than_opencv_fast(tmp_
     for r in results.values():
         assert r.cpu_s_per_image > 0 and r.wall_s_per_image > 0 and r.boxes_per_image > 0
     table = recall_table(list(results.values()))
-    assert table.splitlines()[0].startswith("| mode | boxes / image | recall @ 0.5 | recall @ 0.7 |")
+    assert table.splitlines()[0].startswith("| mode | min size | boxes / image | recall @ 0.5 | recall @ 0.7 |")
     assert len(table.splitlines()) == 4
+    assert table.splitlines()[2].startswith("| rcnn_fast | 10 |")
+
+
+def test_smaller_min_size_keeps_windows_on_small_objects(tmp_path):
+    """12-24 px objects: windows of at least 30 px cover few of them at IoU 0.5; at least 8 px, all."""
+    image, gt = small_objects_scene(0)
+    path = write_png(tmp_path / "0.png", image)
+    config = ProposalConfig(resize_width=0)
+    results = compare_modes([(path, gt)], config, ("rcnn_fast",), min_sizes=(30, 8))
+    assert [(r.mode, r.min_size) for r in results] == [("rcnn_fast", 30), ("rcnn_fast", 8)]
+    coarse, fine = results
+    assert fine.recall[0.5] == 1.0 and coarse.recall[0.5] < 0.5
+    assert fine.boxes_per_image > coarse.boxes_per_image
 
 
 def test_rcnn_fast_is_selective_search_boxes_m_fast_mode(monkeypatch):

@@ -1,9 +1,8 @@
-"""`sppnet recall`: selective search modes compared on a data set split, recall and seconds per image.
+"""`sppnet recall`: selective search settings compared on a data set split, recall and seconds per image.
 
-For each --modes entry: recall of the non-difficult ground-truth boxes at IoU 0.5 and 0.7 (all
+For each --modes entry and each --min-proposal-size (a comma list compares several): recall of the non-difficult ground-truth boxes at IoU 0.5 and 0.7 (all
 objects, and those under 32 px), windows per image, and CPU and wall seconds of selective search
-per image. The other proposal options (--proposal-width, --max-proposals, --min-proposal-size)
-apply to every mode. Prints a Markdown table (docs/benchmarks.md has one).
+per image. The other proposal options (--proposal-width, --max-proposals) apply to every setting. Prints a Markdown table (docs/benchmarks.md has one).
 """
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import argparse
 import typing
 
 from detection.core.config import ProposalConfig, ProposalMode
-from tools.common import add_images_argument, int_at_least, load_data
+from tools.common import add_images_argument, int_at_least, load_data, parse_int_list
 
 PROPOSAL_MODES: tuple[str, ...] = typing.get_args(ProposalMode)
 COMPARED = ("rcnn_fast", "opencv_fast")
@@ -23,6 +22,13 @@ def _modes(text: str) -> tuple[str, ...]:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown mode(s) {', '.join(unknown)}; expected {', '.join(PROPOSAL_MODES)}")
     return modes
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    sizes = parse_int_list(text)
+    if min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be >= 1, got {text!r}")
+    return sizes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="selective search runs on the image resized to this width (default: %(default)s)")
     parser.add_argument("--max-proposals", type=int_at_least(1), default=d.max_proposals,
                         help="windows kept per image, at most (default: %(default)s)")
-    parser.add_argument("--min-proposal-size", type=int_at_least(1), default=d.min_size,
-                        help="windows narrower or shorter than this are dropped (default: %(default)s)")
+    parser.add_argument("--min-proposal-size", type=_sizes, default=(d.min_size,),
+                        help="windows narrower or shorter than this are dropped; a comma list compares "
+                             f"several (default: {d.min_size})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,11 +54,10 @@ def run(args: argparse.Namespace) -> int:
 
     dataset = load_data(args)
     images = [(r.path, r.boxes[~r.difficult]) for r in dataset.records[:args.num_images]]
-    config = ProposalConfig(resize_width=args.proposal_width, max_proposals=args.max_proposals,
-                            min_size=args.min_proposal_size)
-    results = compare_modes(images, config, args.modes)
+    config = ProposalConfig(resize_width=args.proposal_width, max_proposals=args.max_proposals)
+    results = compare_modes(images, config, args.modes, args.min_proposal_size)
     print(f"{len(images)} images of {dataset.root} ({dataset.split}), {results[0].num_objects} non-difficult "
           f"objects; proposal width {args.proposal_width}, at most {args.max_proposals} windows, "
-          f"min size {args.min_proposal_size}")
+          f"min size {','.join(map(str, args.min_proposal_size))}")
     print(recall_table(results))
     return 0
