@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from detection.core.boxes import apply_bbox_deltas, batched_nms, clip_boxes
 from detection.core.cache import Cache, atomic_write_bytes
@@ -80,11 +81,16 @@ def weights_id(backbone: Backbone) -> str:
     return state_hash(backbone.body)
 
 
+# The suffix of a feature layer that puts the window's pool5 vector beside the head layer's features
+POOL5_BESIDE = "+pool5"
+
+
 def head_layer(feature_layer: str) -> str | None:
     """The head layer a feature layer reads ("fc6" or "fc7"), or None for pool5."""
     if feature_layer not in FEATURE_LAYERS:
         raise ValueError(f"unknown feature layer {feature_layer!r}; choose one of {', '.join(FEATURE_LAYERS)}")
-    return None if feature_layer == "pool5" else feature_layer.removeprefix("ft")
+    layer = feature_layer.removesuffix(POOL5_BESIDE)
+    return None if layer == "pool5" else layer.removeprefix("ft")
 
 
 def check_scoring(config: SPPConfig) -> None:
@@ -93,13 +99,26 @@ def check_scoring(config: SPPConfig) -> None:
         raise ValueError(f"softmax scoring reads the fine-tuned head's fc8 on ftfc7, not {config.svm.feature_layer}")
 
 
-def layer_features(pool5: torch.Tensor, head: FCHead | None, feature_layer: str) -> torch.Tensor:
-    """(N, D) SPP vectors -> (N, D') unscaled features of ``feature_layer`` (pool5 itself, or a head layer)."""
+def svm_layer_features(pool5: torch.Tensor, head: FCHead | None, feature_layer: str) -> torch.Tensor:
+    """(N, D) SPP vectors -> (N, D') unscaled features of ``feature_layer``: pool5 itself, a head
+    layer's (N, H) activations, or for "ftfc7+pool5" the (N, D + H) concatenation of pool5 and fc7,
+    each row of each part divided by its L2 norm (as ParseNet joins layers of different scales), so
+    neither part outweighs the other whatever its magnitude; the SVM feature scale (§7) then
+    applies to the whole.
+    """
     layer = head_layer(feature_layer)
     if layer is None:
         return pool5
+    features = head.features(pool5, layer)
+    if feature_layer.endswith(POOL5_BESIDE):
+        return torch.cat([F.normalize(pool5, dim=1), F.normalize(features, dim=1)], dim=1)
+    return features
+
+
+def layer_features(pool5: torch.Tensor, head: FCHead | None, feature_layer: str) -> torch.Tensor:
+    """:func:`svm_layer_features` without autograd (inference mode)."""
     with torch.inference_mode():
-        return head.features(pool5, layer)
+        return svm_layer_features(pool5, head, feature_layer)
 
 
 def head_from_state(state: dict[str, torch.Tensor]) -> FCHead:

@@ -1,8 +1,8 @@
 """A trained detector's scoring as one graph, for ONNX Runtime or TorchScript (``sppnet export``).
 
 The graph is SPP-net's part that needs a network: conv layers → window projection (recipe §2) →
-spatial pyramid pooling (§3) → fc head (when the SVMs read fc6/fc7) → SVM margins (§7) and, for a
-calibrated model, per-class probabilities. Proposals stay outside (selective search is not a
+spatial pyramid pooling (§3) → fc head (when the SVMs read fc6, fc7 or ftfc7+pool5) → SVM margins
+(§7) and, for a calibrated model, per-class probabilities. Proposals stay outside (selective search is not a
 tensor program), and so do NMS and box regression, which are cheap and need no network.
 
 Inputs:
@@ -32,7 +32,7 @@ from torch import nn
 
 from detection.core.cache import atomic_write_bytes
 from detection.core.errors import SppnetError
-from detection.detector import Detector, head_layer
+from detection.detector import Detector, svm_layer_features
 from features.projection import project_boxes
 from features.spp import roi_pool_bins_exact, roi_pyramid_pool
 
@@ -71,7 +71,7 @@ class ScoringGraph(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(backbone.pixel_std, dtype=torch.float32).view(1, 3, 1, 1))
         self.stride, self.first_center = backbone.stride, backbone.first_center
         self.projection, self.offset = cfg.projection, cfg.official_offset
-        self.layer = head_layer(detector.config.svm.feature_layer)
+        self.feature_layer = detector.config.svm.feature_layer
         self.head = detector.head
         self.register_buffer("svm_weights", (detector.svm_weights * detector.feature_scale).T.contiguous())
         self.register_buffer("svm_bias", detector.svm_bias.clone())
@@ -89,8 +89,7 @@ class ScoringGraph(nn.Module):
         cells = project_boxes(boxes, self.stride, self.first_center, (fmap.shape[2], fmap.shape[3]),
                               rule=self.projection, offset=self.offset)
         features = roi_pyramid_pool(fmap, cells, self.levels)
-        if self.layer is not None:
-            features = self.head.features(features, self.layer)
+        features = svm_layer_features(features, self.head, self.feature_layer)
         margins = features @ self.svm_weights + self.svm_bias
         if not self.calibrated:
             return margins

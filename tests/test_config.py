@@ -48,7 +48,7 @@ SECTIONS = (ProposalConfig, FeatureConfig, FinetuneConfig, SVMConfig, BBoxConfig
     (FinetuneConfig, {"bg_low": 0.5}, "finetune.bg_low: must be below finetune.bg_high (0.5), got 0.5"),
     (FinetuneConfig, {"base_lr": 0.0}, "finetune.base_lr: must be > 0, got 0"),
     (FinetuneConfig, {"iterations": True}, "finetune.iterations: must be an integer, got True"),
-    (SVMConfig, {"feature_layer": "fc8"}, "svm.feature_layer: must be one of pool5, fc6, fc7, ftfc6, ftfc7"),
+    (SVMConfig, {"feature_layer": "fc8"}, "svm.feature_layer: must be one of pool5, fc6, fc7, ftfc6, ftfc7, ftfc7+pool5"),
     (SVMConfig, {"negative_overlap": 1.5}, "svm.negative_overlap: must be in [0, 1], got 1.5"),
     (SVMConfig, {"evict_threshold": -math.inf}, "svm.evict_threshold: must be a finite number, got -inf"),
     (BBoxConfig, {"ridge_lambda": 0.0}, "bbox.ridge_lambda: must be > 0, got 0"),

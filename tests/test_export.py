@@ -27,7 +27,7 @@ def make_detector(feature_layer: str = "pool5", calibrated: bool = True, scales=
     platt = None
     if calibrated:
         platt = PlattScaling.from_state({"coef": np.array([-1.0, -2.0, -0.5]), "intercept": np.array([0.0, 1.0, -1.0])})
-    width = dim if head is None else 64
+    width = {"pool5": dim, "ftfc7+pool5": dim + 64}.get(feature_layer, 64)
     return Detector(config, CLASSES, backbone, rng.normal(0, 0.05, (len(CLASSES), width)), rng.normal(0, 1, 3), 0.5,
                     device="cpu", head=head, calibration=platt)
 
@@ -51,7 +51,7 @@ def test_float_bin_edges_are_checked():
         ScoringGraph(detector)
 
 
-@pytest.mark.parametrize("feature_layer,calibrated", [("pool5", True), ("fc7", False)])
+@pytest.mark.parametrize("feature_layer,calibrated", [("pool5", True), ("fc7", False), ("ftfc7+pool5", True)])
 def test_graph_scores_like_the_detector(feature_layer, calibrated):
     detector = make_detector(feature_layer, calibrated)
     graph = ScoringGraph(detector).eval()

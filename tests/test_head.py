@@ -189,3 +189,21 @@ def test_build_head_on_torchvision_alexnet():
         torch.testing.assert_close(head.features(spatial_pyramid_pool(fmap, cells, LEVELS), "fc7"),
                                    alexnet.pretrained_head.eval()(grid_features(fmap, cells, 6)),
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_ftfc7_beside_pool5_is_both_parts_l2_normalised_per_window():
+    from detection.detector import head_layer, layer_features
+
+    torch.manual_seed(0)
+    head = FCHead(40, 16, None).eval()
+    pool5 = torch.relu(torch.randn(6, 40)) * torch.arange(1.0, 7.0)[:, None]  # windows of other magnitudes
+    pool5[5] = 0  # a window whose pyramid is all zero stays zero, not NaN
+    features = layer_features(pool5, head, "ftfc7+pool5")
+    assert head_layer("ftfc7+pool5") == "fc7" and features.shape == (6, 56)
+    fc7 = head.features(pool5, "fc7")
+    for row in range(6):  # the slow reference: one window at a time
+        norms = [float(pool5[row].norm()), float(fc7[row].norm())]
+        expected = torch.cat([pool5[row] / max(norms[0], 1e-12), fc7[row] / max(norms[1], 1e-12)])
+        torch.testing.assert_close(features[row], expected)
+    assert torch.allclose(features[:5, :40].norm(dim=1), torch.ones(5))
+    assert torch.equal(layer_features(pool5, head, "ftfc7"), fc7)

@@ -108,6 +108,7 @@ def test_a_stage_alone_needs_its_upstream_outputs(voc, tmp_path, capsys):
     ("fc6", {}),
     ("fc7", {}),
     ("ftfc7", {}),
+    ("ftfc7+pool5", {}),
     ("ftfc6", {"features": {"scales": (128, 224), "scale_rule": "official", "projection": "official"},
                "finetune": {"scale_sampling": "chosen"}}),
 ])
@@ -119,7 +120,8 @@ def test_every_feature_layer_trains_and_tests_end_to_end(voc, tmp_path, first_ru
     if layer == "pool5":  # the layer without fine-tuning, which 20 iterations on 4 images cannot teach much
         assert metrics["mAP"] > 2 * shuffled_map(test_set, tmp_path / "test" / "results")
 
-    width = detector.extractor.output_dim if layer == "pool5" else TINY.finetune.hidden
+    width = {"pool5": detector.extractor.output_dim, "ftfc7+pool5": detector.extractor.output_dim + TINY.finetune.hidden
+             }.get(layer, TINY.finetune.hidden)
     assert detector.svm_weights.shape == (len(detector.classes), width)
     assert (detector.head is None) == (layer == "pool5")
     # box regression reads pool5 with pool5's own scale (recipe §8)

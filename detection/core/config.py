@@ -48,7 +48,9 @@ ProposalMode = Literal["rcnn_fast", "opencv_fast", "quality"]
 FeatureMode = Literal["spp", "rcnn"]
 BackboneName = Literal["efficientnet_lite0", "efficientnet_lite0_s32", "alexnet", "vgg16", "zf5"]  # §1; features/backbones.py builds them
 PaperOrOfficial = Literal["paper", "official"]  # a rule where the paper and the official code differ
-FeatureLayer = Literal["pool5", "fc6", "fc7", "ftfc6", "ftfc7"]  # what the SVMs read: the rows of Table 9 (§7)
+# What the SVMs read: the rows of Table 9 (§7), and "ftfc7+pool5" (not in the paper): ftfc7 and pool5
+# side by side, each L2-normalised per window (detection.detector.svm_layer_features)
+FeatureLayer = Literal["pool5", "fc6", "fc7", "ftfc6", "ftfc7", "ftfc7+pool5"]
 ScheduleName = Literal["official", "paper"]  # keys of SCHEDULES
 ScaleSampling = Literal["random", "chosen"]
 CachePrecision = Literal["float16", "int8"]  # how the conv cache stores maps (features/extractor.py)

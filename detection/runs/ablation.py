@@ -1,7 +1,8 @@
 """The ablation of the paper's Table 9: feature layers × number of scales, mAP and wall time per stage.
 
-Rows: ``pool5`` (no fine-tuning), ``fc6`` (the head before fine-tuning), ``ftfc6``, ``ftfc7`` and
-``ftfc7 + bb`` (box regression); columns: 1 scale (688) and 5 scales. Every cell is one
+Rows: ``pool5`` (no fine-tuning), ``fc6`` (the head before fine-tuning), ``ftfc6``, ``ftfc7``,
+``ftfc7 + bb`` (box regression) and ``ftfc7+pool5 + bb`` (both layers side by side, not in the
+paper); columns: 1 scale (688) and 5 scales. Every cell is one
 :class:`~detection.training.trainer.Trainer` run in its own directory over one shared cache, so proposals,
 conv maps and the fine-tuned head are computed once per column and each row only adds what it
 changes (its SVMs, box regression, testing). :func:`write_markdown_section` puts the tables into a
@@ -42,6 +43,7 @@ ROWS = (
     AblationRow("ftfc6", "ftfc6", False),
     AblationRow("ftfc7", "ftfc7", False),
     AblationRow("ftfc7 + bb", "ftfc7", True),
+    AblationRow("ftfc7+pool5 + bb", "ftfc7+pool5", True),
 )
 
 
