@@ -96,7 +96,8 @@ def head_layer(feature_layer: str) -> str | None:
 def check_scoring(config: SPPConfig) -> None:
     """ValueError unless softmax scoring (config.test.scoring) reads the fine-tuned fc7."""
     if config.test.scoring == "softmax" and config.svm.feature_layer != "ftfc7":
-        raise ValueError(f"softmax scoring reads the fine-tuned head's fc8 on ftfc7, not {config.svm.feature_layer}")
+        raise ValueError(f"softmax scoring reads the fine-tuned head's fc8 on ftfc7, not {config.svm.feature_layer} "
+                         "(--feature-layer ftfc7)")
 
 
 def svm_layer_features(pool5: torch.Tensor, head: FCHead | None, feature_layer: str) -> torch.Tensor:

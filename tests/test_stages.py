@@ -136,7 +136,7 @@ def test_every_feature_layer_trains_and_tests_end_to_end(voc, tmp_path, first_ru
 
 
 def test_softmax_scoring_skips_the_svms_and_scores_with_fc8(voc, tmp_path, first_run):
-    config = TINY.replace(test={"scoring": "softmax"})
+    config = TINY.replace(test={"scoring": "softmax"}, svm={"feature_layer": "ftfc7"})
     detector, trainer, lines = train(config, voc, tmp_path, first_run[1])
     assert "svm" not in ran(lines) and detector.svm_weights is None and detector.feature_scale is None
     test_set = VOCDataset(voc, "test", classes=detector.classes)

@@ -1,6 +1,6 @@
 """`sppnet ablation`: the paper's Table 9 on a generated set (demo or realistic), written into docs/results.md.
 
-Rows pool5, fc6, ftfc6, ftfc7, ftfc7 + bb; columns 1 scale and 5 scales. Every cell trains and
+Rows pool5, fc6, ftfc6, ftfc7, ftfc7 + bb, ftfc7+pool5 + bb; columns 1 scale and 5 scales. Every cell trains and
 tests a detector under OUT/<column>/<row>, all over one cache (OUT/cache), so the shared stages run
 once per column. The model options below apply to every cell except --scales, --feature-layer and
 --no-bbox-reg, which the rows and columns set.
