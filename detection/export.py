@@ -2,8 +2,8 @@
 
 The graph is SPP-net's part that needs a network: conv layers → window projection (recipe §2) →
 spatial pyramid pooling (§3) → fc head (when the SVMs read fc6, fc7 or ftfc7+pool5) → SVM margins
-(§7) and, for a calibrated model, per-class probabilities. Proposals stay outside (selective search is not a
-tensor program), and so do NMS and box regression, which are cheap and need no network.
+(§7) and, for a calibrated model, per-class probabilities. Proposals stay outside (selective search
+is not a tensor program), and so do NMS and box regression, which are cheap and need no network.
 
 Inputs:
 
