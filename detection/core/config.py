@@ -267,7 +267,8 @@ class SVMConfig(_Section):
     # ftfc7+pool5 = ftfc7 and pool5 side by side (not in the paper). A fresh fc head fine-tuned on a few
     # hundred images (the paper's was ImageNet-pretrained) did not beat pool5 alone by much; beside
     # pool5 it adds what it learned: on the realistic set (two seeds) ftfc7+pool5 + bb scored 0.9-2.2
-    # points above ftfc7 + bb and 1.6-3.6 above pool5, at ftfc7's cost (docs/results.md, "Smallest window")
+    # points above ftfc7 + bb and 1.6-3.6 above pool5, for ~50 ms more per image at 2,000 windows on
+    # a CPU (docs/results.md, "Smallest window")
     feature_layer: FeatureLayer = "ftfc7+pool5"
     feature_norm_target: float = 20.0  # features scaled by 20 / mean L2 norm
     norm_images: int = 200  # the mean norm is taken over up to 200 images ...
