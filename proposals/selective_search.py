@@ -129,13 +129,24 @@ def selective_search(image: np.ndarray, config: ProposalConfig) -> np.ndarray:
     narrower or shorter than ``config.min_size`` at that size, maps the rest back to the given
     image, clips them and removes duplicates, keeping selective search's order.
     """
+    return keep_windows(*search_windows(image, config), config)
+
+
+def search_windows(image: np.ndarray, config: ProposalConfig) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """(H, W, 3) uint8 RGB -> every window selective search finds, (M, 4) on the proposal image,
+    that image's scale W' / W and the given image's (H, W): what :func:`keep_windows` filters."""
     if config.mode not in _MODES:
         raise ValueError(f"unknown selective search mode {config.mode!r}; expected one of {sorted(_MODES)}")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
-    height, width = image.shape[:2]
     bgr, scale = _proposal_image(np.ascontiguousarray(image), config.resize_width, config.max_side)
-    boxes = _run_selective_search(bgr, config.mode)
+    return _run_selective_search(bgr, config.mode), scale, image.shape[:2]
+
+
+def keep_windows(boxes: np.ndarray, scale: float, image_size: tuple[int, int], config: ProposalConfig) -> np.ndarray:
+    """:func:`search_windows`' output -> the (N, 4) boxes :func:`selective_search` returns under
+    ``config``'s ``min_size`` and ``max_proposals`` (one search serves several of them)."""
+    height, width = image_size
     boxes = boxes[remove_small_boxes(boxes, config.min_size)]
     boxes = clip_boxes(_to_original(boxes, scale), width, height)
     boxes = boxes[unique_boxes(boxes)]

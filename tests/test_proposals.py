@@ -21,7 +21,7 @@ from detection.data.demo import make_demo_dataset
 from detection.data.voc import VOCDataset
 from proposals.precomputed import PrecomputedProposals, ProposalFileError
 from proposals.recall import best_overlaps, compare_modes, recall, recall_table
-from proposals.selective_search import PROPOSAL_MODES, load_rcnn_proposals, selective_search
+from proposals.selective_search import PROPOSAL_MODES, keep_windows, load_rcnn_proposals, search_windows, selective_search
 from proposals.store import ProposalStore, with_ground_truth
 from tools.cli import main
 
@@ -246,6 +246,16 @@ def test_smaller_min_size_keeps_windows_on_small_objects(tmp_path):
     coarse, fine = results
     assert fine.recall[0.5] == 1.0 and coarse.recall[0.5] < 0.5
     assert fine.boxes_per_image > coarse.boxes_per_image
+    assert fine.cpu_s_per_image == coarse.cpu_s_per_image  # one search served both sizes
+
+
+def test_one_search_filtered_per_size_is_selective_search_at_each_size():
+    image, _ = small_objects_scene(1)
+    found = search_windows(image, ProposalConfig(resize_width=400))  # enlarged: windows map back through a scale
+    assert found[1] == 1.25 and found[2] == (240, 320)
+    for min_size, max_proposals in ((30, 2000), (8, 2000), (8, 25)):
+        config = ProposalConfig(resize_width=400, min_size=min_size, max_proposals=max_proposals)
+        np.testing.assert_array_equal(keep_windows(*found, config), selective_search(image, config))
 
 
 def test_rcnn_fast_is_selective_search_boxes_m_fast_mode(monkeypatch):
