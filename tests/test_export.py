@@ -85,10 +85,11 @@ def test_multi_scale_models_need_a_scale():
     assert ScoringGraph(detector, scale=128).scale == 128
 
 
-@pytest.mark.slow  # two exports of efficientnet_lite0: about 30 s on 2 cores
-def test_onnx_runtime_and_torchscript_match_pytorch(tmp_path):
+@pytest.mark.slow  # two exports of efficientnet_lite0: about 30 s on 2 cores per layer
+@pytest.mark.parametrize("feature_layer", ["pool5", "ftfc7+pool5"])
+def test_onnx_runtime_and_torchscript_match_pytorch(tmp_path, feature_layer):
     ort = pytest.importorskip("onnxruntime")
-    detector = make_detector()
+    detector = make_detector(feature_layer)
     onnx_path = export_model(detector, tmp_path / "model.onnx", "onnx")
     script_path = export_model(detector, tmp_path / "model.ts", "torchscript")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
