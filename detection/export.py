@@ -32,7 +32,7 @@ from torch import nn
 
 from detection.core.cache import atomic_write_bytes
 from detection.core.errors import SppnetError
-from detection.detector import Detector, svm_layer_features
+from detection.detector import Detector, head_layer, svm_margins
 from features.projection import project_boxes
 from features.spp import roi_pool_bins_exact, roi_pyramid_pool
 
@@ -73,7 +73,7 @@ class ScoringGraph(nn.Module):
         self.projection, self.offset = cfg.projection, cfg.official_offset
         self.feature_layer = detector.config.svm.feature_layer
         self.head = detector.head
-        self.register_buffer("svm_weights", (detector.svm_weights * detector.feature_scale).T.contiguous())
+        self.register_buffer("svm_weights", detector.svm_weights * detector.feature_scale)
         self.register_buffer("svm_bias", detector.svm_bias.clone())
         calibration = detector.calibration
         self.calibrated = calibration is not None
@@ -88,9 +88,10 @@ class ScoringGraph(nn.Module):
         fmap = self.body((x - self.pixel_mean) / self.pixel_std)
         cells = project_boxes(boxes, self.stride, self.first_center, (fmap.shape[2], fmap.shape[3]),
                               rule=self.projection, offset=self.offset)
-        features = roi_pyramid_pool(fmap, cells, self.levels)
-        features = svm_layer_features(features, self.head, self.feature_layer)
-        margins = features @ self.svm_weights + self.svm_bias
+        pool5 = roi_pyramid_pool(fmap, cells, self.levels)
+        layer = head_layer(self.feature_layer)
+        head = None if layer is None else self.head.features(pool5, layer)
+        margins = svm_margins(pool5, head, self.feature_layer, self.svm_weights, self.svm_bias)
         if not self.calibrated:
             return margins
         return margins, torch.sigmoid(-(margins * self.platt_coef + self.platt_intercept))

@@ -46,7 +46,7 @@ def test_postprocess_keeps_100_per_class_not_100_per_image():
     n = 150
     boxes = grid_windows(n)
     scores = torch.from_numpy(np.random.default_rng(1).uniform(0, 1, (n, K)).astype(np.float32))
-    features = WindowFeatures(torch.zeros(n, 8), torch.zeros(n, 8))
+    features = WindowFeatures(torch.zeros(n, 8), None, "pool5")
     dets = detector().postprocess(boxes, scores, features, (400, 400))
     # the default follows the official code: 100 of each class, 300 in all
     assert np.bincount(dets.labels, minlength=K).tolist() == [100] * K
@@ -56,3 +56,41 @@ def test_postprocess_keeps_100_per_class_not_100_per_image():
     old = detector(max_per_class=0, max_per_image=100).postprocess(boxes, scores, features, (400, 400))
     assert len(old) == 100
     np.testing.assert_allclose(old.scores, np.sort(scores.numpy().ravel())[::-1][:100])
+
+
+def regressing_detector(scale):
+    """A pool5 detector (8-d features) whose box regressors are fitted on random data."""
+    from svm.bbox_regression import BoxRegressor
+
+    rng = np.random.default_rng(2)
+    regressor = BoxRegressor(ridge_lambda=1.0).fit(rng.normal(size=(60, 8)), rng.normal(size=(60, 4)),
+                                                   rng.integers(0, K, 60), num_classes=K)
+    config = SPPConfig().replace(svm={"feature_layer": "pool5"})
+    return Detector(config, tuple("abc"), build_backbone("zf5", pretrained=False), np.zeros((K, 8)), np.zeros(K),
+                    1.0, regressor, device="cpu", bbox_feature_scale=scale)
+
+
+def test_box_deltas_match_each_class_regressor_on_the_scaled_pool5():
+    det = regressing_detector(scale=3.0)
+    pool5 = torch.from_numpy(np.random.default_rng(3).normal(size=(10, 8)).astype(np.float32))
+    windows = np.array([4, 0, 4, 9, 4, 2])  # a window detected as several classes
+    labels = np.array([0, 1, 2, 2, 1, 0])
+    expected = det.regressor.predict(3.0 * pool5.numpy()[windows].astype(np.float64), labels)
+    np.testing.assert_allclose(det.box_deltas(pool5, windows, labels), expected, rtol=1e-5, atol=1e-5)
+    assert det.box_deltas(pool5, windows[:0], labels[:0]).shape == (0, 4)
+
+
+def test_postprocess_moves_each_box_by_its_class_regressor():
+    from detection.core.boxes import apply_bbox_deltas, clip_boxes
+
+    det = regressing_detector(scale=0.5)
+    n = 6
+    boxes = grid_windows(n) * 4  # 40x40 boxes 80 px apart: no two overlap, before or after the small moves
+    pool5 = torch.from_numpy(np.random.default_rng(4).normal(scale=0.05, size=(n, 8)).astype(np.float32))
+    scores = torch.full((n, K), -5.0)
+    scores[[0, 1, 3, 5], [2, 0, 0, 1]] = torch.tensor([2.0, 1.0, 0.5, 0.0])
+    dets = det.postprocess(boxes, scores, WindowFeatures(pool5, None, "pool5"), (400, 400))
+    windows, labels = np.array([0, 1, 3, 5]), np.array([2, 0, 0, 1])  # best first
+    deltas = det.regressor.predict(0.5 * pool5.numpy()[windows].astype(np.float64), labels)
+    np.testing.assert_allclose(dets.boxes, clip_boxes(apply_bbox_deltas(boxes[windows], deltas), 400, 400), atol=1e-3)
+    np.testing.assert_array_equal(dets.labels, labels)

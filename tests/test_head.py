@@ -207,3 +207,20 @@ def test_ftfc7_beside_pool5_is_both_parts_l2_normalised_per_window():
         torch.testing.assert_close(features[row], expected)
     assert torch.allclose(features[:5, :40].norm(dim=1), torch.ones(5))
     assert torch.equal(layer_features(pool5, head, "ftfc7"), fc7)
+
+
+@pytest.mark.parametrize("feature_layer", ["pool5", "fc6", "ftfc7", "ftfc7+pool5"])
+def test_svm_margins_equal_the_matmul_of_the_joined_features(feature_layer):
+    from detection.detector import head_layer, layer_features, svm_margins
+
+    torch.manual_seed(1)
+    head = FCHead(40, 16, None).eval()
+    pool5 = torch.relu(torch.randn(7, 40)) * torch.arange(1.0, 8.0)[:, None]
+    pool5[6] = 0  # a zero pyramid: its pool5 part adds nothing, as a zero row of the join
+    layer = head_layer(feature_layer)
+    with torch.no_grad():
+        activations = None if layer is None else head.features(pool5, layer)
+    features = layer_features(pool5, head, feature_layer)
+    weights, bias = torch.randn(3, features.shape[1]), torch.randn(3)
+    margins = svm_margins(pool5, activations, feature_layer, weights, bias, scale=20.0)
+    torch.testing.assert_close(margins, bias + 20.0 * features @ weights.T)
