@@ -305,8 +305,9 @@ class Detector:
         return test.softmax_threshold if test.scoring == "softmax" else test.score_threshold
 
     def score(self, features: WindowFeatures) -> torch.Tensor:
-        """N windows' features -> (N, K) SVM margins (one matmul for all windows and classes), or
-        with softmax scoring the head's class probabilities (background dropped)."""
+        """N windows' features -> (N, K) SVM margins (:func:`svm_margins`: one matmul for all windows and
+        classes, one per part for "+pool5" layers), or with softmax scoring the head's class
+        probabilities (background dropped)."""
         if self.svm_weights is None:
             with torch.inference_mode():
                 return torch.softmax(self.head.fc8(features.head), dim=1)[:, 1:]

@@ -150,8 +150,10 @@ def test_names_and_schedules_have_one_source():
 
 def test_fine_tuning_fingerprints_ignore_checkpoints_and_keep_their_old_values():
     # the value before checkpoint_every was checked (it was hashed as 0), at the old default width
-    # 4096 with the options added since at their old behaviour: existing caches stay valid
-    assert fingerprint("finetune", FinetuneConfig(hidden=4096).weight_settings()) == "6d8462e6fa7b5b84"
+    # 4096 and the old dropout, foreground share and length, with the options added since at their
+    # old behaviour: existing caches of those settings stay valid
+    old = FinetuneConfig(hidden=4096, dropout=0.5, fg_fraction=0.25, iterations=2000)
+    assert fingerprint("finetune", old.weight_settings()) == "6d8462e6fa7b5b84"
     assert FinetuneConfig(init="kaiming").weight_settings()["init"] == "kaiming"
     every = FinetuneConfig(checkpoint_every=7).weight_settings()
     assert every == FinetuneConfig().weight_settings()

@@ -203,13 +203,17 @@ class FinetuneConfig(_Section):
     # fc6 and fc7 widths; None: a pretrained head's own (4096 for alexnet, vgg16, as the paper),
     # else FRESH_FC_WIDTH
     hidden: int | None = None
-    dropout: float = 0.5
+    # §6: the paper's fc6/fc7 use dropout 0.5 (set it for a pretrained head). A fresh head on a few
+    # hundred images learned more with 0.25, half the foreground share below and twice the
+    # iterations: ftfc7 + bb +1.6 and +2.7 mAP on two realistic sets (docs/results.md,
+    # "Fine-tuning a fresh head")
+    dropout: float = 0.25
     fc8_init_std: float = 0.01  # new fc8 ~ N(0, 0.01²)
     # fresh fc6/fc7 (no pretrained head): "pytorch", "gaussian" (Caffe's N(0, 0.005²)), "kaiming"
     # or "xavier" (features.head.FC_INITS)
     init: FcInit = "pytorch"
     batch_size: int = 128  # windows per mini-batch
-    fg_fraction: float = 0.25  # 25% foreground ...
+    fg_fraction: float = 0.5  # half the windows foreground (§6 and the official code: 25%) ...
     fg_threshold: float = 0.5  # ... at max IoU >= 0.5
     bg_low: float = 0.1  # background: max IoU in [0.1, 0.5)
     bg_high: float = 0.5
@@ -217,9 +221,9 @@ class FinetuneConfig(_Section):
     # "random": a random scale per window while training (official code); "chosen": the §4 rule
     scale_sampling: ScaleSampling = "random"
     # a key of SCHEDULES; ``iterations`` shortens it proportionally, each step point at
-    # floor(step · iterations / length) (a small default suits a CPU)
+    # floor(step · iterations / length) (a small default suits a CPU: the official schedule is 90k)
     schedule: ScheduleName = "official"
-    iterations: int = 2000
+    iterations: int = 4000
     base_lr: float | None = None  # None: the schedule's (1e-3 official, 1e-4 paper)
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -264,11 +268,10 @@ class SVMConfig(_Section):
     """Per-class linear SVMs with hard-negative mining (§7, R-CNN's recipe)."""
 
     # pool5 = the SPP vector; fc6/fc7 = the fc head before fine-tuning; ftfc6/ftfc7 = after (paper's best: ftfc7);
-    # ftfc7+pool5 = ftfc7 and pool5 side by side (not in the paper). A fresh fc head fine-tuned on a few
-    # hundred images (the paper's was ImageNet-pretrained) did not beat pool5 alone by much; beside
-    # pool5 it adds what it learned: on the realistic set (two seeds) ftfc7+pool5 + bb scored 0.9-2.2
-    # points above ftfc7 + bb and 1.6-3.6 above pool5, for ~50 ms more per image at 2,000 windows on
-    # a CPU (docs/results.md, "Smallest window")
+    # ftfc7+pool5 = ftfc7 and pool5 side by side (not in the paper): on two realistic sets ftfc7+pool5
+    # + bb scored 0.8-0.9 points above ftfc7 + bb and 3.9-4.2 above pool5 (a fresh fc head, the
+    # paper's was ImageNet-pretrained), for detection at 1.44x the conv time against ftfc7's 1.31x on
+    # a CPU (docs/results.md, "Smallest window" and "Fine-tuning a fresh head")
     feature_layer: FeatureLayer = "ftfc7+pool5"
     feature_norm_target: float = 20.0  # features scaled by 20 / mean L2 norm
     norm_images: int = 200  # the mean norm is taken over up to 200 images ...
