@@ -18,6 +18,9 @@ from detection.core.config import ProposalConfig
 # OpenCV ranks selective search's regions with C's rand(), whose state is per process: without a
 # reseed the boxes kept (and their order) depend on how many images the process did before, so
 # results would differ between runs with different worker counts. Seed 1 is C's initial state.
+# The state is the process's, not the thread's: another thread calling rand() during a search
+# (ONNX Runtime's spinning pool threads do) reorders its windows, so a process that runs such a
+# library beside selective search should give it one thread (tests/test_export.py does).
 _RAND_SEED = 1
 
 
