@@ -133,7 +133,7 @@ def svm_margins(pool5: torch.Tensor, head_features: torch.Tensor | None, feature
     """(N, K) margins ``bias + scale * join_layers(pool5, head_features, feature_layer) @ weights.T``
     for weights (K, D') and bias (K,), without building the join: for "+pool5" layers each part's
     (N, K) product is divided by that part's row norms instead, which saves copying (N, D + H)
-    normalised features (a third of the head's time per image at 2,000 windows on a CPU).
+    normalised features (39 of the 131 ms that head and SVMs took per image at 2,000 windows on 2 CPU threads).
     """
     if head_features is None or not feature_layer.endswith(POOL5_BESIDE):
         return torch.addmm(bias, join_layers(pool5, head_features, feature_layer), weights.T, alpha=scale)
