@@ -115,11 +115,16 @@ def join_layers(pool5: torch.Tensor, head_features: torch.Tensor | None, feature
     return head_features
 
 
+def head_activations(pool5: torch.Tensor, head: FCHead | None, feature_layer: str) -> torch.Tensor | None:
+    """(N, D) SPP vectors -> (N, H) activations of the head layer ``feature_layer`` reads, or None for pool5."""
+    layer = head_layer(feature_layer)
+    return None if layer is None else head.features(pool5, layer)
+
+
 def svm_layer_features(pool5: torch.Tensor, head: FCHead | None, feature_layer: str) -> torch.Tensor:
     """(N, D) SPP vectors -> (N, D') unscaled features of ``feature_layer`` (:func:`join_layers`),
     the head applied when the layer reads one."""
-    layer = head_layer(feature_layer)
-    return join_layers(pool5, None if layer is None else head.features(pool5, layer), feature_layer)
+    return join_layers(pool5, head_activations(pool5, head, feature_layer), feature_layer)
 
 
 def layer_features(pool5: torch.Tensor, head: FCHead | None, feature_layer: str) -> torch.Tensor:
@@ -295,8 +300,7 @@ class Detector:
         pool5 = self.extractor.pool(maps, boxes, image_size)
         layer = self.config.svm.feature_layer
         with torch.inference_mode():
-            head = None if self.head is None else self.head.features(pool5, head_layer(layer))
-        return WindowFeatures(pool5, head, layer)
+            return WindowFeatures(pool5, head_activations(pool5, self.head, layer), layer)
 
     @property
     def score_threshold(self) -> float:

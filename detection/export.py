@@ -32,7 +32,7 @@ from torch import nn
 
 from detection.core.cache import atomic_write_bytes
 from detection.core.errors import SppnetError
-from detection.detector import Detector, head_layer, svm_margins
+from detection.detector import Detector, head_activations, svm_margins
 from features.projection import project_boxes
 from features.spp import roi_pool_bins_exact, roi_pyramid_pool
 
@@ -89,9 +89,8 @@ class ScoringGraph(nn.Module):
         cells = project_boxes(boxes, self.stride, self.first_center, (fmap.shape[2], fmap.shape[3]),
                               rule=self.projection, offset=self.offset)
         pool5 = roi_pyramid_pool(fmap, cells, self.levels)
-        layer = head_layer(self.feature_layer)
-        head = None if layer is None else self.head.features(pool5, layer)
-        margins = svm_margins(pool5, head, self.feature_layer, self.svm_weights, self.svm_bias)
+        margins = svm_margins(pool5, head_activations(pool5, self.head, self.feature_layer), self.feature_layer,
+                              self.svm_weights, self.svm_bias)
         if not self.calibrated:
             return margins
         return margins, torch.sigmoid(-(margins * self.platt_coef + self.platt_intercept))

@@ -98,14 +98,13 @@ import sys
 import numpy as np
 import onnxruntime as ort
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+names = [o.name for o in session.get_outputs()]
 feeds = np.load(sys.argv[2])
-count = len(feeds.files) // 2
 outputs = {}
-for i in range(count):
-    for name, value in zip([o.name for o in session.get_outputs()],
-                           session.run(None, {"image": feeds[f"image{i}"], "boxes": feeds[f"boxes{i}"]})):
-        outputs[f"{name}{i}"] = value
-np.savez(sys.argv[3], names=np.array([o.name for o in session.get_outputs()]), **outputs)
+for i in range(len(feeds.files) // 2):
+    values = session.run(None, {"image": feeds[f"image{i}"], "boxes": feeds[f"boxes{i}"]})
+    outputs.update({f"{name}{i}": value for name, value in zip(names, values)})
+np.savez(sys.argv[3], names=np.array(names), **outputs)
 """
 
 
