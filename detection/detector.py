@@ -39,7 +39,7 @@ from detection.results import Result
 from features.backbones import Backbone, build_backbone
 from features.extractor import build_extractor
 from features.spp import spp_output_dim
-from features.head import FCHead
+from features.head import FCHead, truncated_head
 from proposals.selective_search import selective_search
 from svm.bbox_regression import BoxRegressor
 from svm.calibration import PlattScaling
@@ -178,22 +178,34 @@ def top_per_class(scores: np.ndarray, labels: np.ndarray, max_per_class: int, ma
 class WindowFeatures:
     """What :meth:`Detector.features` returns for N windows, all on the detector's device.
 
-    ``pool5`` (N, D): the unscaled SPP vectors, which box regression reads (recipe §8) whatever
-    layer the SVMs use; ``head`` (N, H): the activations of the head layer the feature layer
-    reads (fc6 or fc7), None for pool5; ``layer``: the feature layer (``config.svm.feature_layer``).
+    Windows pooled from the same cells at the same scale share one row (their features are equal),
+    so there are M <= N rows: ``pool5`` (M, D), the unscaled SPP vectors, which box regression
+    reads (recipe §8) whatever layer the SVMs use; ``head`` (M, H), the activations of the head
+    layer the feature layer reads (fc6 or fc7), None for pool5; ``layer``, the feature layer
+    (``config.svm.feature_layer``); ``rows`` (N,) int64, each window's row, or None when row i is
+    window i.
     """
 
     pool5: torch.Tensor
     head: torch.Tensor | None
     layer: str
+    rows: torch.Tensor | None = None
 
     @property
     def svm(self) -> torch.Tensor:
-        """(N, D') the SVM feature layer, unscaled (built on request; :meth:`Detector.score` does without)."""
+        """(M, D') the SVM feature layer of each row, unscaled (built on request; :meth:`Detector.score` does without)."""
         return join_layers(self.pool5, self.head, self.layer)
 
+    def per_window(self, per_row: torch.Tensor) -> torch.Tensor:
+        """(M, ...) values of the rows -> (N, ...) values of the windows."""
+        return per_row if self.rows is None else per_row.index_select(0, self.rows)
+
+    def rows_of(self, windows: np.ndarray) -> np.ndarray:
+        """(P,) window indices -> (P,) their rows."""
+        return windows if self.rows is None else self.rows.cpu().numpy()[windows]
+
     def __len__(self) -> int:
-        return len(self.pool5)
+        return len(self.pool5) if self.rows is None else len(self.rows)
 
 
 class ModelFileError(SppnetError, ValueError):
@@ -236,6 +248,9 @@ class Detector:
         self.extractor = build_extractor(backbone, config.features, self.device, cache=cache,
                                          weights_id=weights_id(backbone))
         self.head = None if head is None else head.to(self.device).eval()
+        # what detection runs: the trained head, or its truncated SVD (config.test.fc6_svd_rank, fc7_svd_rank)
+        self.detection_head = None if head is None else truncated_head(self.head, config.test.fc6_svd_rank,
+                                                                       config.test.fc7_svd_rank)
         self.svm_weights, self.svm_bias, self.feature_scale = None, None, None
         if not softmax:
             self.svm_weights = torch.as_tensor(np.asarray(svm_weights, dtype=np.float32), device=self.device)
@@ -296,11 +311,12 @@ class Detector:
         return self.extractor.compute_maps(image)
 
     def features(self, maps: list[torch.Tensor], boxes: np.ndarray, image_size: tuple[int, int]) -> WindowFeatures:
-        """(N, 4) windows -> their SPP vectors and SVM-layer features (the head applied here)."""
-        pool5 = self.extractor.pool(maps, boxes, image_size)
+        """(N, 4) windows -> their SPP vectors and SVM-layer features (the head applied here), once
+        per distinct window (:meth:`~features.extractor.SPPFeatureExtractor.pool_distinct`)."""
+        pool5, rows = self.extractor.pool_distinct(maps, boxes, image_size)
         layer = self.config.svm.feature_layer
         with torch.inference_mode():
-            return WindowFeatures(pool5, head_activations(pool5, self.head, layer), layer)
+            return WindowFeatures(pool5, head_activations(pool5, self.detection_head, layer), layer, rows)
 
     @property
     def score_threshold(self) -> float:
@@ -309,15 +325,15 @@ class Detector:
         return test.softmax_threshold if test.scoring == "softmax" else test.score_threshold
 
     def score(self, features: WindowFeatures) -> torch.Tensor:
-        """N windows' features -> (N, K) SVM margins (:func:`svm_margins`: one matmul for all windows and
-        classes, one per part for "+pool5" layers), or with softmax scoring the head's class
+        """N windows' features -> (N, K) SVM margins (:func:`svm_margins`: one matmul for the distinct
+        windows and all classes, one per part for "+pool5" layers), or with softmax scoring the head's class
         probabilities (background dropped)."""
         if self.svm_weights is None:
             with torch.inference_mode():
-                return torch.softmax(self.head.fc8(features.head), dim=1)[:, 1:]
+                return features.per_window(torch.softmax(self.detection_head.fc8(features.head), dim=1)[:, 1:])
         # the feature scale rides on the matmul (alpha): scaling the (N, D') features would copy them
-        return svm_margins(features.pool5, features.head, features.layer, self.svm_weights, self.svm_bias,
-                           self.feature_scale)
+        return features.per_window(svm_margins(features.pool5, features.head, features.layer, self.svm_weights,
+                                               self.svm_bias, self.feature_scale))
 
     def postprocess(self, boxes: np.ndarray, scores: torch.Tensor, features: WindowFeatures,
                     image_size: tuple[int, int]) -> Detections:
@@ -333,19 +349,19 @@ class Detector:
         keep = batched_nms(det_boxes, det_scores, label, cfg.nms_iou)
         window, label, det_boxes, det_scores = window[keep], label[keep], det_boxes[keep], det_scores[keep]
         if self.regressor is not None:
-            deltas = self.box_deltas(features.pool5, window, label)
+            deltas = self.box_deltas(features.pool5, features.rows_of(window), label)
             det_boxes = clip_boxes(apply_bbox_deltas(det_boxes, deltas), width, height)
             keep = batched_nms(det_boxes, det_scores, label, cfg.nms_iou)
             label, det_boxes, det_scores = label[keep], det_boxes[keep], det_scores[keep]
         top = top_per_class(det_scores, label, cfg.max_per_class, cfg.max_per_image)
         return Detections(det_boxes[top], det_scores[top], label[top].astype(np.int64))
 
-    def box_deltas(self, pool5: torch.Tensor, windows: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Box regression (§8) of M detections: pool5 (N, D) of every window, the detections' windows
-        (M,) and classes (M,) -> (M, 4) deltas. One matmul of the distinct windows' pool5 with every
-        class's regressor: at most N rows gathered, whatever the number of classes.
+    def box_deltas(self, pool5: torch.Tensor, rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Box regression (§8) of P detections: pool5 (M, D) (:class:`WindowFeatures`' rows), the
+        detections' rows (P,) and classes (P,) -> (P, 4) deltas. One matmul of the distinct rows'
+        pool5 with every class's regressor: at most M rows gathered, whatever the number of classes.
         """
-        distinct, row = np.unique(windows, return_inverse=True)
+        distinct, row = np.unique(rows, return_inverse=True)
         chosen = pool5[torch.as_tensor(distinct, device=pool5.device)]
         # the feature scale rides on the matmul, as in :meth:`score`
         every_class = torch.addmm(self.box_intercept, chosen, self.box_weights, alpha=self.bbox_feature_scale)

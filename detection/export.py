@@ -72,7 +72,7 @@ class ScoringGraph(nn.Module):
         self.stride, self.first_center = backbone.stride, backbone.first_center
         self.projection, self.offset = cfg.projection, cfg.official_offset
         self.feature_layer = detector.config.svm.feature_layer
-        self.head = detector.head
+        self.head = detector.detection_head
         self.register_buffer("svm_weights", detector.svm_weights * detector.feature_scale)
         self.register_buffer("svm_bias", detector.svm_bias.clone())
         calibration = detector.calibration

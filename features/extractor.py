@@ -65,6 +65,11 @@ class WindowFeatureExtractor(Protocol):
              scale_index: torch.Tensor | None = None) -> torch.Tensor:
         """(N, 4) windows in original image pixels -> (N, D) float32 features on the device."""
 
+    def pool_distinct(self, maps: list[torch.Tensor], boxes: np.ndarray,
+                      image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, 4) windows -> (M, D) float32 features of the M <= N windows that differ, and (N,)
+        int64 each window's row among them on the device (None when every window has its own row)."""
+
 
 class SPPFeatureExtractor:
     """Conv maps per image and scale (optionally cached), and pooled window features.
@@ -204,11 +209,28 @@ class SPPFeatureExtractor:
         when given (fine-tuning draws a random scale per window, as the official code), else the
         one the §4 rule chooses. The loop is over scales, never over windows.
         """
-        out = torch.empty((len(np.asarray(boxes).reshape(-1, 4)), self.output_dim), dtype=torch.float32,
-                          device=self.device)
+        return self.pool_cells(maps, *self.window_cells(maps, boxes, image_size, scale_index))
+
+    def pool_distinct(self, maps: list[torch.Tensor], boxes: np.ndarray,
+                      image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows (N, 4) -> the (M, D) SPP vectors of the M distinct (scale, cells) pairs among them
+        and (N,) int64 each window's row, on the device.
+
+        Windows that project onto the same cells at the same scale have the same vector (9-25% of
+        2,000 selective-search windows on 500×375 images at stride 16), so detection pools them,
+        and runs the head on them, once.
+        """
+        scale_index, cells = self.window_cells(maps, boxes, image_size)
+        first, rows = window_groups(scale_index, cells)
+        first = torch.as_tensor(first, device=self.device)
+        return (self.pool_cells(maps, scale_index[first], cells[first]),
+                torch.as_tensor(rows, device=self.device))
+
+    def pool_cells(self, maps: list[torch.Tensor], scale_index: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """Windows given as :meth:`window_cells` returns them, (N,) and (N, 4) -> (N, D) float32 SPP vectors."""
+        out = torch.empty((len(cells), self.output_dim), dtype=torch.float32, device=self.device)
         if len(out) == 0:
             return out
-        scale_index, cells = self.window_cells(maps, boxes, image_size, scale_index)
         for i, fmap in enumerate(maps):
             selected = torch.nonzero(scale_index == i).squeeze(1)
             if len(selected) == 0:
@@ -220,6 +242,25 @@ class SPPFeatureExtractor:
         return out
 
 
+def window_groups(scale_index: torch.Tensor | np.ndarray,
+                  cells: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Windows grouped by the scale and cells they are pooled from, which give them equal SPP vectors.
+
+    scale_index (N,), cells (N, 4) as :meth:`SPPFeatureExtractor.window_cells` returns them ->
+    ``first`` (M,) int64, the first window of each group in window order, and ``rows`` (N,) int64,
+    each window's group as an index into ``first`` (so window ``i`` pools like ``first[rows[i]]``).
+    """
+    keys = np.column_stack([np.asarray(torch.as_tensor(scale_index).cpu()).reshape(-1, 1),
+                            np.asarray(torch.as_tensor(cells).cpu()).reshape(-1, 4)])
+    if len(keys) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    _, first, group = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # np.unique numbers the groups by key; renumber them by first window
+    renumber = np.empty_like(order)
+    renumber[order] = np.arange(len(order))
+    return first[order].astype(np.int64), renumber[group.reshape(-1)].astype(np.int64)
+
+
 def distinct_windows(scale_index: torch.Tensor | np.ndarray, cells: torch.Tensor | np.ndarray) -> np.ndarray:
     """The first of each group of windows pooled at the same scale from the same cells.
 
@@ -228,12 +269,7 @@ def distinct_windows(scale_index: torch.Tensor | np.ndarray, cells: torch.Tensor
     official code's hard-negative mining (``spp_train.m``, ``dedup`` in
     ``spp_features_convX_to_poolX.m``) keeps one of each group (recipe §7).
     """
-    keys = np.column_stack([np.asarray(torch.as_tensor(scale_index).cpu()).reshape(-1, 1),
-                            np.asarray(torch.as_tensor(cells).cpu()).reshape(-1, 4)])
-    if len(keys) == 0:
-        return np.zeros(0, np.int64)
-    _, first = np.unique(keys, axis=0, return_index=True)
-    return np.sort(first).astype(np.int64)
+    return window_groups(scale_index, cells)[0]
 
 
 def build_extractor(backbone: Backbone, config: FeatureConfig, device: torch.device | str = "cpu",

@@ -10,6 +10,7 @@ head computes exactly what the pretrained one computes on the g×g pooling of th
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -81,6 +82,39 @@ class FCHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, hidden={self.hidden}, num_classes={self.num_classes}"
+
+
+def truncated_svd_linear(layer: nn.Linear, rank: int) -> nn.Module:
+    """Fast R-CNN's truncated SVD (Girshick 2015, §3.1): ``layer`` Linear(in, out) as Linear(in, t,
+    no bias) then Linear(t, out), whose weights multiply to the best rank-t approximation of the
+    (out, in) weight W = U Σ Vᵀ (Eckart-Young): Σ_t V_tᵀ (t, in) first, then U_t (out, t) and the bias.
+
+    A window then costs t · (in + out) multiply-adds instead of in · out. ``layer`` itself comes
+    back when ``rank`` is 0 or saves nothing (t · (in + out) >= in · out).
+    """
+    out_features, in_features = layer.weight.shape
+    if rank <= 0 or rank * (in_features + out_features) >= in_features * out_features:
+        return layer
+    with torch.no_grad():
+        u, sigma, vh = torch.linalg.svd(layer.weight.double(), full_matrices=False)
+        first = nn.Linear(in_features, rank, bias=False, device=layer.weight.device, dtype=layer.weight.dtype)
+        second = nn.Linear(rank, out_features, device=layer.weight.device, dtype=layer.weight.dtype)
+        first.weight.copy_(sigma[:rank, None] * vh[:rank])
+        second.weight.copy_(u[:, :rank])
+        second.bias.copy_(layer.bias)
+    return nn.Sequential(first, second)
+
+
+def truncated_head(head: FCHead, fc6_rank: int, fc7_rank: int) -> FCHead:
+    """``head`` with fc6 and fc7 replaced by their :func:`truncated_svd_linear` of these ranks (0:
+    kept exact): ``head`` itself when neither is truncated, else a copy sharing its other layers
+    (``head`` unchanged)."""
+    fc6, fc7 = truncated_svd_linear(head.fc6, fc6_rank), truncated_svd_linear(head.fc7, fc7_rank)
+    if fc6 is head.fc6 and fc7 is head.fc7:
+        return head
+    truncated = copy.copy(head)
+    truncated._modules = dict(head._modules, fc6=fc6, fc7=fc7)  # copy.copy shares the module dict
+    return truncated
 
 
 def _initialise(layer: nn.Linear, init: str) -> None:

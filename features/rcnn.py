@@ -170,3 +170,8 @@ class RCNNFeatureExtractor:
                 fmap = self.backbone.convolve(crops, self.amp)
             out[start:stop] = whole_map_pyramid_pool(fmap, cfg.pyramid_levels)
         return out
+
+    def pool_distinct(self, maps: list[torch.Tensor], boxes: np.ndarray,
+                      image_size: tuple[int, int]) -> tuple[torch.Tensor, None]:
+        """:meth:`pool` and no shared rows: every window is its own crop."""
+        return self.pool(maps, boxes, image_size), None

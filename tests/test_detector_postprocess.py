@@ -94,3 +94,67 @@ def test_postprocess_moves_each_box_by_its_class_regressor():
     deltas = det.regressor.predict(0.5 * pool5.numpy()[windows].astype(np.float64), labels)
     np.testing.assert_allclose(dets.boxes, clip_boxes(apply_bbox_deltas(boxes[windows], deltas), 400, 400), atol=1e-3)
     np.testing.assert_array_equal(dets.labels, labels)
+
+
+def test_windows_on_the_same_cells_are_featured_once_and_detected_as_each_window():
+    """Detector.features pools and runs the head once per distinct (scale, cells); scores and
+    detections are those of featuring every window."""
+    from detection.detector import head_activations, svm_margins
+    from features.head import FCHead
+    from features.spp import spp_output_dim
+    from svm.bbox_regression import BoxRegressor
+
+    torch.manual_seed(0)
+    backbone = build_backbone("zf5", pretrained=False)
+    config = SPPConfig().replace(features={"backbone": "zf5", "scales": (100, 160)},
+                                 svm={"feature_layer": "ftfc7+pool5"}, test={"score_threshold": 0.0})
+    dim = spp_output_dim(backbone.channels, config.features.pyramid_levels)
+    rng = np.random.default_rng(5)
+    regressor = BoxRegressor(ridge_lambda=1.0).fit(rng.normal(size=(60, dim)), rng.normal(scale=0.1, size=(60, 4)),
+                                                   rng.integers(0, K, 60), num_classes=K)
+    det = Detector(config, tuple("abc"), backbone, rng.normal(0, 1, (K, dim + 16)), rng.normal(0, 0.1, K), 1.0,
+                   regressor, device="cpu", head=FCHead(dim, 16, None), bbox_feature_scale=0.01)
+    image = rng.integers(0, 256, (100, 130, 3), dtype=np.uint8)
+    x0, y0 = rng.integers(0, 80, 200), rng.integers(0, 50, 200)
+    boxes = np.column_stack([x0, y0, x0 + rng.integers(10, 50, 200), y0 + rng.integers(10, 50, 200)]).astype(float)
+    boxes = np.concatenate([boxes, boxes[:60] + rng.integers(0, 2, (60, 4))])  # near copies, often the same cells
+    maps = det.compute_maps(image)
+    features = det.features(maps, boxes, image.shape[:2])
+    assert len(features) == len(boxes) and len(features.pool5) < len(boxes)
+    every_pool5 = det.extractor.pool(maps, boxes, image.shape[:2])
+    with torch.inference_mode():
+        every = WindowFeatures(every_pool5, head_activations(every_pool5, det.head, "ftfc7+pool5"), "ftfc7+pool5")
+    expected = svm_margins(every.pool5, every.head, every.layer, det.svm_weights, det.svm_bias, det.feature_scale)
+    scores = det.score(features)
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5)
+    got, want = (det.postprocess(boxes, scores, f, image.shape[:2]) for f in (features, every))
+    assert len(got) > 10
+    np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-4)
+    np.testing.assert_array_equal(got.labels, want.labels)
+
+
+def test_the_model_file_keeps_the_exact_head_and_the_svd_rank_is_chosen_at_load(tmp_path):
+    from features.head import FCHead, truncated_head
+    from features.spp import spp_output_dim
+
+    torch.manual_seed(1)
+    backbone = build_backbone("zf5", pretrained=False)
+    config = SPPConfig().replace(features={"backbone": "zf5", "scales": (100,)}, svm={"feature_layer": "ftfc7"},
+                                 bbox={"enabled": False})
+    dim = spp_output_dim(backbone.channels, config.features.pyramid_levels)
+    rng = np.random.default_rng(6)
+    exact = Detector(config, tuple("abc"), backbone, rng.normal(0, 1, (K, 32)), np.zeros(K), 1.0, device="cpu",
+                     head=FCHead(dim, 32, None))
+    assert exact.detection_head is exact.head
+    exact.save(tmp_path / "model.pt")
+    fast = Detector.load(tmp_path / "model.pt", device="cpu", overrides={"test.fc6_svd_rank": 6})
+    assert [layer.weight.shape[0] for layer in fast.detection_head.fc6] == [6, 32]
+    assert all(torch.equal(v, exact.head.state_dict()[k]) for k, v in fast.state()["head"].items())
+    image = rng.integers(0, 256, (100, 130, 3), dtype=np.uint8)
+    boxes = np.array([[0, 0, 60, 50], [30, 20, 120, 90], [10, 40, 50, 99]], dtype=float)
+    maps = exact.compute_maps(image)
+    features = fast.features(maps, boxes, image.shape[:2])
+    with torch.inference_mode():
+        expected = truncated_head(exact.head, 6, 0).features(features.pool5, "fc7")
+        assert torch.allclose(features.head, expected, atol=1e-5)
+        assert not torch.allclose(features.head, exact.features(maps, boxes, image.shape[:2]).head, atol=1e-3)

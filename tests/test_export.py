@@ -20,9 +20,9 @@ CLASSES = ("a", "b", "c")
 SCALE = 96
 
 
-def make_detector(feature_layer: str = "pool5", calibrated: bool = True, scales=(SCALE,)) -> Detector:
+def make_detector(feature_layer: str = "pool5", calibrated: bool = True, scales=(SCALE,), fc6_svd_rank=0) -> Detector:
     config = SPPConfig().replace(features={"scales": scales}, svm={"feature_layer": feature_layer},
-                                 bbox={"enabled": False})
+                                 bbox={"enabled": False}, test={"fc6_svd_rank": fc6_svd_rank})
     torch.manual_seed(0)
     backbone = build_backbone(config.features.backbone)
     dim = spp_output_dim(backbone.channels, config.features.pyramid_levels)
@@ -55,10 +55,13 @@ def test_float_bin_edges_are_checked():
         ScoringGraph(detector)
 
 
-@pytest.mark.parametrize("feature_layer,calibrated", [("pool5", True), ("fc7", False), ("ftfc7+pool5", True)])
-def test_graph_scores_like_the_detector(feature_layer, calibrated):
-    detector = make_detector(feature_layer, calibrated)
+@pytest.mark.parametrize("feature_layer,calibrated,fc6_svd_rank",
+                         [("pool5", True, 0), ("fc7", False, 0), ("ftfc7+pool5", True, 0), ("ftfc7+pool5", True, 8)])
+def test_graph_scores_like_the_detector(feature_layer, calibrated, fc6_svd_rank):
+    detector = make_detector(feature_layer, calibrated, fc6_svd_rank=fc6_svd_rank)
     graph = ScoringGraph(detector).eval()
+    if fc6_svd_rank:  # the graph runs the head detection runs: fc6 as two layers of 8 singular values
+        assert [layer.weight.shape[0] for layer in graph.head.fc6] == [8, 64]
     image, boxes = example_inputs(graph, SCALE, 150, windows=40)  # shorter side = the scale: no resize
     pixels = image.round()
     with torch.no_grad():

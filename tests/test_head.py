@@ -224,3 +224,52 @@ def test_svm_margins_equal_the_matmul_of_the_joined_features(feature_layer):
     weights, bias = torch.randn(3, features.shape[1]), torch.randn(3)
     margins = svm_margins(pool5, activations, feature_layer, weights, bias, scale=20.0)
     torch.testing.assert_close(margins, bias + 20.0 * features @ weights.T)
+
+
+def best_rank_approximation(weight: torch.Tensor, rank: int) -> torch.Tensor:
+    """Eckart-Young by numpy: the rank-t matrix nearest ``weight`` (out, in)."""
+    import numpy as np
+
+    u, sigma, vh = np.linalg.svd(weight.detach().double().numpy(), full_matrices=False)
+    return torch.from_numpy((u[:, :rank] * sigma[:rank]) @ vh[:rank])
+
+
+@torch.no_grad()
+def test_truncated_svd_linear_is_the_best_rank_t_layer():
+    from features.head import truncated_svd_linear
+
+    torch.manual_seed(0)
+    layer = nn.Linear(60, 20)
+    x = torch.randn(7, 60)
+    for rank in (1, 5, 10):
+        truncated = truncated_svd_linear(layer, rank)
+        assert [m.weight.shape for m in truncated] == [(rank, 60), (20, rank)]
+        expected = x.double() @ best_rank_approximation(layer.weight, rank).T + layer.bias.double()
+        torch.testing.assert_close(truncated(x).double(), expected, rtol=1e-4, atol=1e-5)
+    errors = [float((truncated_svd_linear(layer, t)(x) - layer(x)).norm()) for t in (2, 6, 12)]
+    assert errors[0] > errors[1] > errors[2] > 0
+    # a weight of rank 3 is kept exactly by 3 singular values
+    layer.weight.copy_(torch.randn(20, 3) @ torch.randn(3, 60))
+    torch.testing.assert_close(truncated_svd_linear(layer, 3)(x), layer(x), rtol=1e-4, atol=1e-4)
+    # no saving (15 · (60 + 20) >= 60 · 20) or rank 0: the layer itself
+    assert truncated_svd_linear(layer, 15) is layer and truncated_svd_linear(layer, 0) is layer
+
+
+@torch.no_grad()
+def test_truncated_head_leaves_the_trained_head_alone():
+    from features.head import truncated_head
+
+    torch.manual_seed(1)
+    head = FCHead(90, 40, 3).eval()
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    assert truncated_head(head, 0, 0) is head
+    truncated = truncated_head(head, 8, 0)
+    assert isinstance(head.fc6, nn.Linear) and isinstance(truncated.fc6, nn.Sequential)
+    assert truncated.fc7 is head.fc7 and truncated.fc8 is head.fc8
+    assert all(torch.equal(v, head.state_dict()[k]) for k, v in before.items())
+    x = torch.randn(5, 90)
+    fc6 = F.relu(x.double() @ best_rank_approximation(head.fc6.weight, 8).T + head.fc6.bias.double())
+    expected = F.relu(fc6 @ head.fc7.weight.double().T + head.fc7.bias.double())
+    torch.testing.assert_close(truncated.features(x, "fc7").double(), expected, rtol=1e-4, atol=1e-5)
+    both = truncated_head(head, 8, 4)
+    assert [m.weight.shape[0] for m in both.fc7] == [4, 40]

@@ -15,7 +15,7 @@ from detection.core.config import FeatureConfig, SVMConfig
 from detection.data.records import ImageRecord
 from detection.training.windows import training_windows
 from features.backbones import build_backbone
-from features.extractor import SPPFeatureExtractor, distinct_windows
+from features.extractor import SPPFeatureExtractor, distinct_windows, window_groups
 from svm.benchmark import SyntheticMining, synthetic_mining_data
 from svm.feature_norm import feature_norm_scale, sample_indices
 from svm.hard_negatives import HardNegativeSVMs, NegativeStore
@@ -452,6 +452,13 @@ def test_duplicate_windows_have_equal_features_and_one_is_kept():
     for i, key in enumerate(keys):
         np.testing.assert_array_equal(pooled[i], pooled[first[key]])
     assert SVMConfig().dedup_windows and len(distinct_windows(scale_index[:0], cells[:0])) == 0
+    # detection pools each group once: window i reads row rows[i] of the groups' vectors
+    group_first, rows = window_groups(scale_index, cells)
+    assert group_first.tolist() == kept.tolist() and [keys[group_first[r]] for r in rows] == keys
+    distinct, window_rows = extractor.pool_distinct(maps, boxes, image.shape[:2])
+    assert len(distinct) == len(kept)
+    np.testing.assert_array_equal(distinct.numpy()[window_rows.numpy()], pooled)
+    assert [len(part) for part in extractor.pool_distinct(maps, boxes[:0], image.shape[:2])] == [0, 0]
 
 
 def test_benchmark_svm_command_reports_time_memory_and_cache(tmp_path, capsys):

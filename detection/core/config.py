@@ -352,9 +352,15 @@ class TestConfig(_Section):
     # then at most this many boxes per image over all classes, 0 = no cap (the official code has
     # none; this project's earlier behaviour was max_per_class=0, max_per_image=100)
     max_per_image: int = 0
+    # Not in SPP-net: Fast R-CNN's truncated SVD (§3.1) runs fc6 (fc7) as two layers of its top t
+    # singular values at test time, t · (in + out) multiply-adds a window instead of in · out; 0
+    # keeps the layer exact. The model file keeps the exact head, so any t can be tried on it.
+    fc6_svd_rank: int = 0
+    fc7_svd_rank: int = 0
 
     _name = "test"
     _rules = {"nms_iou": FRACTION, "max_per_class": at_least(0), "max_per_image": at_least(0),
+              "fc6_svd_rank": at_least(0), "fc7_svd_rank": at_least(0),
               "detect_min_probability": FRACTION, "softmax_threshold": BELOW_ONE}
 
 
