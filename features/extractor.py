@@ -66,9 +66,9 @@ class WindowFeatureExtractor(Protocol):
         """(N, 4) windows in original image pixels -> (N, D) float32 features on the device."""
 
     def pool_distinct(self, maps: list[torch.Tensor], boxes: np.ndarray,
-                      image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(N, 4) windows -> (M, D) float32 features of the M <= N windows that differ, and (N,)
-        int64 each window's row among them on the device (None when every window has its own row)."""
+                      image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 4) windows -> (M, D) float32 features of the M <= N windows whose features differ, and
+        (N,) int64 each window's row among them, on the device."""
 
 
 class SPPFeatureExtractor:
@@ -242,6 +242,20 @@ class SPPFeatureExtractor:
         return out
 
 
+def first_of_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``keys`` (N, k) grouped by equality -> ``first`` (M,) int64, the first row of each
+    group in row order, and ``rows`` (N,) int64, each row's group as an index into ``first``."""
+    keys = np.asarray(keys)
+    if len(keys) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    keys = keys.reshape(len(keys), -1)
+    _, first, group = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # np.unique numbers the groups by key; renumber them by first row
+    renumber = np.empty_like(order)
+    renumber[order] = np.arange(len(order))
+    return first[order].astype(np.int64), renumber[group.reshape(-1)].astype(np.int64)
+
+
 def window_groups(scale_index: torch.Tensor | np.ndarray,
                   cells: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Windows grouped by the scale and cells they are pooled from, which give them equal SPP vectors.
@@ -250,15 +264,8 @@ def window_groups(scale_index: torch.Tensor | np.ndarray,
     ``first`` (M,) int64, the first window of each group in window order, and ``rows`` (N,) int64,
     each window's group as an index into ``first`` (so window ``i`` pools like ``first[rows[i]]``).
     """
-    keys = np.column_stack([np.asarray(torch.as_tensor(scale_index).cpu()).reshape(-1, 1),
-                            np.asarray(torch.as_tensor(cells).cpu()).reshape(-1, 4)])
-    if len(keys) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    _, first, group = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    order = np.argsort(first)  # np.unique numbers the groups by key; renumber them by first window
-    renumber = np.empty_like(order)
-    renumber[order] = np.arange(len(order))
-    return first[order].astype(np.int64), renumber[group.reshape(-1)].astype(np.int64)
+    return first_of_groups(np.column_stack([np.asarray(torch.as_tensor(scale_index).cpu()).reshape(-1, 1),
+                                            np.asarray(torch.as_tensor(cells).cpu()).reshape(-1, 4)]))
 
 
 def distinct_windows(scale_index: torch.Tensor | np.ndarray, cells: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from detection.core.config import FeatureConfig
 from features.backbones import Backbone, conv_precision, prepare_backbone
+from features.extractor import first_of_groups
 from features.spp import spp_output_dim, whole_map_pyramid_pool
 
 # A grid_sample coordinate (normalised, align_corners=False) whose four neighbours all lie off the
@@ -172,6 +173,9 @@ class RCNNFeatureExtractor:
         return out
 
     def pool_distinct(self, maps: list[torch.Tensor], boxes: np.ndarray,
-                      image_size: tuple[int, int]) -> tuple[torch.Tensor, None]:
-        """:meth:`pool` and no shared rows: every window is its own crop."""
-        return self.pool(maps, boxes, image_size), None
+                      image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows (N, 4) -> the (M, D) features of the M distinct boxes among them and (N,) int64 each
+        window's row, on the device: only an identical box gives an identical crop."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        first, rows = first_of_groups(boxes)
+        return self.pool(maps, boxes[first], image_size), torch.as_tensor(rows, device=self.device)

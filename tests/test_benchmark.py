@@ -8,7 +8,7 @@ import torch
 from detection.core.config import SPPConfig
 from detection.data.demo import make_demo_dataset
 from detection.detector import Detector
-from detection.runs.benchmark import MODES, STEPS, BenchmarkError, calibrated, fixed_proposals, mode_detector, run_mode
+from detection.runs.benchmark import MODES, STEPS, BenchmarkError, benchmark_windows, calibrated, mode_detector, run_mode
 from detection.runs.benchmark_report import format_report
 from detection.runs.timing import Stopwatch, peak_memory, reset_peak_memory
 from features.extractor import SPPFeatureExtractor, WindowFeatureExtractor
@@ -16,13 +16,11 @@ from features.rcnn import RCNNFeatureExtractor
 from tools.cli import main
 
 
-def test_fixed_proposals_repeat_or_cut_to_exactly_p():
+def test_benchmark_windows_are_the_first_p():
     boxes = np.array([[0, 0, 9, 9], [1, 1, 5, 5], [2, 2, 8, 8]], float)
-    padded = fixed_proposals(boxes, 7)
-    assert padded.shape == (7, 4) and (padded[3:6] == boxes).all() and (padded[6] == boxes[0]).all()
-    assert (fixed_proposals(boxes, 2) == boxes[:2]).all()
+    assert (benchmark_windows(boxes, 7) == boxes).all() and (benchmark_windows(boxes, 2) == boxes[:2]).all()
     with pytest.raises(BenchmarkError, match="no windows"):
-        fixed_proposals(np.zeros((0, 4)), 5)
+        benchmark_windows(np.zeros((0, 4)), 5)
 
 
 def test_stopwatch_accumulates_sections():
@@ -99,12 +97,14 @@ def test_calibrated_sets_the_norm_and_the_pass_fraction_on_a_copy(untrained):
 def test_rcnn_progress_bar_counts_windows_batch_by_batch(untrained, capsys):
     rcnn = mode_detector(untrained, "rcnn", (64,), None)
     image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
-    boxes = fixed_proposals(np.array([[0, 0, 30, 30], [10, 5, 70, 60], [40, 20, 79, 63.0]]), 7)
+    boxes = np.array([[0, 0, 30, 30], [10, 5, 70, 60], [40, 20, 79, 63.0]])
+    boxes = np.concatenate([boxes, boxes + 1, boxes[:1] + 2, boxes[:2]])  # 7 distinct boxes, then 2 repeats
     row = run_mode(rcnn, [image, image], [boxes, boxes], warmup=0, recalibrate=False, pass_fraction=None,
                    label="rcnn", progress=True)
     assert row["images"] == 2 and row["conv"] > 0
     err = capsys.readouterr().err
-    assert "rcnn" in err and "14/14" in err and "win" in err  # 2 images × 7 windows, in batches of 3
+    # 2 images × 7 distinct windows (a repeated box is cropped once), in batches of 3
+    assert "rcnn" in err and "14/14" in err and "win" in err
 
 
 @pytest.mark.slow

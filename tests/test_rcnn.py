@@ -160,6 +160,11 @@ def test_rcnn_features_match_a_per_window_reference(zf5):
     torch.testing.assert_close(extractor.pool(maps, boxes, size, scale_index=torch.zeros(5, dtype=torch.int64)),
                                pooled, rtol=0, atol=0)
     assert extractor.pool(maps, np.zeros((0, 4)), size).shape == (0, 12800)
+    # detection crops each distinct box once: repeats (as the benchmark pads with) share a row
+    repeated = np.concatenate([boxes, boxes[[3, 0, 3]], boxes[[1]] + 1])
+    distinct, rows = extractor.pool_distinct(maps, repeated, size)
+    assert len(distinct) == 6 and rows.tolist() == [0, 1, 2, 3, 4, 3, 0, 3, 5]
+    torch.testing.assert_close(distinct[rows][:5], pooled, rtol=1e-4, atol=1e-4)
 
 
 def test_rcnn_maps_only_read_the_image(zf5, monkeypatch):

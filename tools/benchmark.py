@@ -3,7 +3,8 @@
 Prints per-image conv, pooling + fc, SVM + NMS + box-regression and total times, the speedups over
 R-CNN and peak memory, as a table shaped like the paper's; --json writes the same as JSON. Without
 --model the detector is untrained (random backbone unless --backbone-weights, random SVMs): timing
-needs no training. Proposals are padded by repetition, or cut, to exactly --max-proposals per image.
+needs no training. Every mode detects on the same windows: each image's selective-search windows,
+cut to at most --max-proposals.
 R-CNN on a CPU takes minutes per image at 2000 windows: --rcnn-images runs it on fewer images.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rcnn-images", type=int_at_least(1), default=None,
                         help="of those, how many R-CNN runs on (default: all)")
     parser.add_argument("--max-proposals", type=int_at_least(1), default=2000,
-                        help="windows per image, exactly: padded by repetition or cut (default: %(default)s)")
+                        help="windows per image, at most: selective search's first (default: %(default)s)")
     parser.add_argument("--scales", type=parse_scales, default=FIVE_SCALES,
                         help="the multi-scale SPP row: 5 (480,576,688,864,1200) or a comma list (default: 5)")
     parser.add_argument("--single-scale", type=int_at_least(1), default=SINGLE_SCALE[0],

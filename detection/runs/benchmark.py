@@ -3,8 +3,10 @@
 Three detectors share one backbone, one set of SVMs and one box regressor and differ only in how
 window features are made: SPP-net at one scale, SPP-net at several scales (the paper's five), and
 R-CNN (:mod:`features.rcnn`: every window cropped, warped and run through the conv layers). Each
-image's proposals are computed once, timed on their own, and padded (repeated cyclically) or cut
-to exactly P windows, so every mode does the work of P windows per image.
+image's proposals are computed once, timed on their own, and cut to at most P windows; every mode
+detects on the same windows. (Padding an image with repeated windows would add no work: each mode
+features a repeated window once, R-CNN each distinct box and SPP-net each distinct scale and
+cells, :meth:`~detection.detector.Detector.features`.)
 
 Per image and mode the steps of :class:`~detection.detector.Detector` are timed separately:
 
@@ -52,6 +54,7 @@ from detection.detector import Detector
 from detection.runs.benchmark_report import speedups
 from detection.runs.timing import Stopwatch, describe_device, peak_memory, reset_peak_memory
 from features.backbones import conv_precision
+from features.extractor import first_of_groups
 from features.rcnn import RCNNFeatureExtractor
 from proposals.selective_search import selective_search
 
@@ -78,12 +81,12 @@ class BenchmarkSettings:
 
 # -- inputs ---------------------------------------------------------------------------------------
 
-def fixed_proposals(boxes: np.ndarray, count: int) -> np.ndarray:
-    """(N, 4) proposals -> exactly (count, 4): the first ``count``, repeated cyclically if N < count."""
+def benchmark_windows(boxes: np.ndarray, count: int) -> np.ndarray:
+    """(N, 4) proposals -> the first ``count`` of them, (min(N, count), 4)."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if len(boxes) == 0:
-        raise BenchmarkError("selective search found no windows in an image; cannot pad its proposals")
-    return np.resize(boxes, (count, 4)) if len(boxes) < count else boxes[:count]
+        raise BenchmarkError("selective search found no windows in an image; there is nothing to time on it")
+    return boxes[:count]
 
 
 def mode_detector(detector: Detector, mode: str, scales: tuple[int, ...], rcnn_batch_size: int | None) -> Detector:
@@ -148,11 +151,12 @@ def run_mode(detector: Detector, images: list[np.ndarray], proposals: list[np.nd
         time_detection(detector, images[0], first_windows, Stopwatch(device))
     watch = Stopwatch(device)
     # every update is a whole conv batch (seconds on a CPU), so each is shown: no minimum interval
-    bar = tqdm(total=sum(len(b) for b in proposals), desc=label, unit="win", disable=not progress, leave=False,
-               mininterval=0)
+    # R-CNN convolves each distinct box once (RCNNFeatureExtractor.pool_distinct)
+    counts = [len(first_of_groups(b)[0]) if rcnn else len(b) for b in proposals]
+    bar = tqdm(total=sum(counts), desc=label, unit="win", disable=not progress, leave=False, mininterval=0)
     with bar:
         if rcnn:  # its conv layers run inside ``features``: timed there, moved to ``conv`` below
-            sizes = iter([min(batch, len(b) - start) for b in proposals for start in range(0, len(b), batch)])
+            sizes = iter([min(batch, n - start) for n in counts for start in range(0, n, batch)])
             detector.extractor.conv_timer = lambda: _counted(watch.section("window_conv"), bar, next(sizes))
         for image, boxes in zip(images, proposals):
             time_detection(detector, image, boxes, watch)
@@ -192,8 +196,8 @@ def run_benchmark(detector: Detector, images: list[np.ndarray], settings: Benchm
         boxes = selective_search(image, proposal_config)
         proposal_seconds += time.perf_counter() - start
         found.append(len(boxes))
-        proposals.append(fixed_proposals(boxes, settings.proposals))
-    log(f"proposals: {np.mean(found):.0f} found per image on average, padded/cut to {settings.proposals}")
+        proposals.append(benchmark_windows(boxes, settings.proposals))
+    log(f"proposals: {np.mean(found):.0f} found per image on average, at most {settings.proposals} used")
     rcnn_images = len(images) if settings.rcnn_images is None else max(1, min(settings.rcnn_images, len(images)))
     plan = {
         "spp_1scale": ("spp", settings.single_scale, len(images)),
@@ -203,7 +207,8 @@ def run_benchmark(detector: Detector, images: list[np.ndarray], settings: Benchm
     report = {"device": describe_device(detector.device), "date": date.today().isoformat(),
               "backbone": detector.backbone.name, "amp": detector.config.features.amp if device_amp(detector) else "off",
               "images": len(images), "rcnn_images": rcnn_images,
-              "proposals_per_image": settings.proposals, "proposals_found_per_image": float(np.mean(found)),
+              "proposals_per_image": float(np.mean([len(b) for b in proposals])),
+              "proposals_found_per_image": float(np.mean(found)),
               "proposal_seconds": proposal_seconds / len(images),
               "svm_pass_fraction": settings.pass_fraction if random_svms else None}
     trained_mode = detector.config.features.mode

@@ -23,7 +23,7 @@ def format_report(report: dict) -> str:
     """The report as Markdown tables shaped like the paper's (recipe §11), seconds per image:
     wall-clock time, then the process's CPU time."""
     amp = f" (conv in {report['amp']}, channels_last)" if report.get("amp", "off") != "off" else ""
-    lines = [f"{report['backbone']}{amp}, {report['device']}, {report['proposals_per_image']} windows per image "
+    lines = [f"{report['backbone']}{amp}, {report['device']}, {report['proposals_per_image']:.0f} windows per image "
              f"(seconds per image; R-CNN on {report['rcnn_images']} of {report['images']} image(s))"]
     for clock, title in (("", "wall clock"), ("cpu", "process CPU time (all threads)")):
         lines += ["", f"{title}:", "", _table(report, clock)]
