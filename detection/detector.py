@@ -316,7 +316,10 @@ class Detector:
         pool5, rows = self.extractor.pool_distinct(maps, boxes, image_size)
         layer = self.config.svm.feature_layer
         with torch.inference_mode():
-            return WindowFeatures(pool5, head_activations(pool5, self.detection_head, layer), layer, rows)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                enabled=self.config.test.head_precision == "bf16"):
+                head = head_activations(pool5, self.detection_head, layer)
+            return WindowFeatures(pool5, None if head is None else head.float(), layer, rows)
 
     @property
     def score_threshold(self) -> float:

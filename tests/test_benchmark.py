@@ -107,6 +107,11 @@ def test_rcnn_progress_bar_counts_windows_batch_by_batch(untrained, capsys):
     assert "rcnn" in err and "14/14" in err and "win" in err
 
 
+def test_benchmark_takes_only_test_time_options(tmp_path, capsys):
+    assert main(["benchmark", "--images", str(tmp_path), "--set", "svm.C=1"]) == 2
+    assert "--set svm.C" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_benchmark_command_writes_the_report(tmp_path, capsys):
     voc = make_demo_dataset(tmp_path / "data", num_trainval=1, num_test=2, seed=2)

@@ -87,7 +87,7 @@ def test_version_comes_from_the_package_metadata(capsys):
     (["--set", "svm.C=0"], "--set svm.C: must be > 0, got 0"),
     (["--set", "test.nms=0.4"], "--set test.nms: unknown option (did you mean test.nms_iou?); test has "
                                 "scoring, score_threshold, detect_min_probability, softmax_threshold, nms_iou, "
-                                "max_per_class, max_per_image, fc6_svd_rank, fc7_svd_rank"),
+                                "max_per_class, max_per_image, fc6_svd_rank, fc7_svd_rank, head_precision"),
     (["--set", "finetune.iterations=many"], "--set finetune.iterations: must be an integer, got 'many'"),
     (["--set", "svm.C"], "--set: expected KEY=VALUE such as svm.C=0.002, got 'svm.C'"),
 ])

@@ -133,7 +133,7 @@ def test_windows_on_the_same_cells_are_featured_once_and_detected_as_each_window
     np.testing.assert_array_equal(got.labels, want.labels)
 
 
-def test_the_model_file_keeps_the_exact_head_and_the_svd_rank_is_chosen_at_load(tmp_path):
+def test_the_model_file_keeps_the_exact_head_and_its_test_time_form_is_chosen_at_load(tmp_path):
     from features.head import FCHead, truncated_head
     from features.spp import spp_output_dim
 
@@ -157,4 +157,10 @@ def test_the_model_file_keeps_the_exact_head_and_the_svd_rank_is_chosen_at_load(
     with torch.inference_mode():
         expected = truncated_head(exact.head, 6, 0).features(features.pool5, "fc7")
         assert torch.allclose(features.head, expected, atol=1e-5)
-        assert not torch.allclose(features.head, exact.features(maps, boxes, image.shape[:2]).head, atol=1e-3)
+        exact_head = exact.features(maps, boxes, image.shape[:2]).head
+        assert not torch.allclose(features.head, exact_head, atol=1e-3)
+    # the head in bfloat16 (float32 out): close to float32's, not equal to it
+    bf16 = Detector.load(tmp_path / "model.pt", device="cpu", overrides={"test.head_precision": "bf16"})
+    head = bf16.features(maps, boxes, image.shape[:2]).head
+    assert head.dtype == torch.float32 and not torch.equal(head, exact_head)
+    torch.testing.assert_close(head, exact_head, rtol=0.05, atol=0.02 * float(exact_head.abs().max()))

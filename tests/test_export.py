@@ -165,3 +165,17 @@ def test_export_command(tmp_path, capsys):
     assert main(["export", "--model", str(model), "--format", "torchscript", "--out", str(tmp_path / "m.ts"),
                  "--scale", "128"]) == 2
     assert "not one of the model's scales" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # one TorchScript trace of efficientnet_lite0
+def test_export_takes_test_time_options(tmp_path, capsys):
+    model = tmp_path / "model.pt"
+    make_detector("ftfc7+pool5", calibrated=False).save(model)
+    out = tmp_path / "m.ts"
+    assert main(["export", "--model", str(model), "--format", "torchscript", "--out", str(out),
+                 "--set", "test.fc6_svd_rank=8"]) == 0
+    shapes = {k: tuple(v.shape) for k, v in torch.jit.load(str(out)).state_dict().items() if "fc6" in k}
+    assert shapes["head.fc6.0.weight"][0] == 8 and shapes["head.fc6.1.weight"] == (64, 8)
+    assert main(["export", "--model", str(model), "--format", "torchscript", "--out", str(out),
+                 "--set", "svm.C=1"]) == 2
+    assert "--set svm.C" in capsys.readouterr().err

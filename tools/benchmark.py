@@ -13,8 +13,17 @@ import argparse
 import json
 from pathlib import Path
 
-from detection.core.config import BACKBONES, FIVE_SCALES, PASS_FRACTION, SINGLE_SCALE, SPPConfig
-from tools.common import add_amp_argument, add_device_argument, device_from_args, int_at_least, parse_scales, with_amp
+from detection.core.config import BACKBONES, FIVE_SCALES, PASS_FRACTION, SINGLE_SCALE, TEST_TIME_SECTIONS, SPPConfig
+from tools.common import (
+    add_amp_argument,
+    add_device_argument,
+    add_test_time_set_argument,
+    device_from_args,
+    int_at_least,
+    model_overrides,
+    parse_scales,
+    with_amp,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="untrained detector's random weights")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the report as JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_test_time_set_argument(parser)
 
 
 def _image_paths(args: argparse.Namespace) -> list[str]:
@@ -66,6 +76,7 @@ def _image_paths(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    model_overrides(args)  # a bad --set fails before any work
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,10 +95,12 @@ def _benchmark(args: argparse.Namespace) -> int:
     from detection.runs.benchmark_report import format_report
 
     device = device_from_args(args)
+    overrides = model_overrides(args)
     if args.model:
-        detector, random_svms = Detector.load(args.model, device=device), False
+        detector, random_svms = Detector.load(args.model, device=device, overrides=overrides), False
     else:
         config = SPPConfig().replace(features={"backbone": args.backbone, "backbone_weights": args.backbone_weights})
+        config = config.override(overrides, sections=TEST_TIME_SECTIONS)
         detector, random_svms = Detector.untrained(config, VOC_CLASSES, device, seed=args.seed), True
     detector = with_amp(detector, args.amp)
     images = [load_image(path) for path in _image_paths(args)[: args.num_images]]

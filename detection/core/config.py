@@ -55,6 +55,7 @@ ScheduleName = Literal["official", "paper"]  # keys of SCHEDULES
 ScaleSampling = Literal["random", "chosen"]
 CachePrecision = Literal["float16", "int8"]  # how the conv cache stores maps (features/extractor.py)
 AmpMode = Literal["off", "bf16", "fp16"]  # conv precision on CUDA (not in the paper): float32, or autocast to these
+HeadPrecision = Literal["float32", "bf16"]  # the fc head's at detection (not in the paper)
 FcInit = Literal["pytorch", "gaussian", "kaiming", "xavier"]  # fresh fc6/fc7 (features/head.py FC_INITS)
 Scoring = Literal["svm", "softmax"]  # TestConfig.scoring
 Stage = Literal["proposals", "conv", "finetune", "svm", "bbox"]  # the training stages, in pipeline order
@@ -357,6 +358,11 @@ class TestConfig(_Section):
     # keeps the layer exact. The model file keeps the exact head, so any t can be tried on it.
     fc6_svd_rank: int = 0
     fc7_svd_rank: int = 0
+    # Not in the paper: "bf16" runs the fc head at detection under bfloat16 autocast (float32
+    # accumulation), its output back in float32. On a CPU with AVX512-BF16 or AMX units fc6 took
+    # 55 instead of 151 ms for 1,700 windows and the realistic set's mAP did not move (docs/results.md);
+    # on a CPU without them bfloat16 matmuls are slower, hence float32 by default.
+    head_precision: HeadPrecision = "float32"
 
     _name = "test"
     _rules = {"nms_iou": FRACTION, "max_per_class": at_least(0), "max_per_image": at_least(0),
