@@ -17,6 +17,7 @@ Feature layers (``config.svm.feature_layer``, the rows of the paper's Table 9):
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Mapping
@@ -208,6 +209,10 @@ class WindowFeatures:
         return len(self.pool5) if self.rows is None else len(self.rows)
 
 
+def _array_or_none(tensor: torch.Tensor | None) -> np.ndarray | None:
+    return None if tensor is None else tensor.detach().float().cpu().numpy()
+
+
 class ModelFileError(SppnetError, ValueError):
     """A model file that cannot be loaded; the message names the file."""
 
@@ -248,9 +253,6 @@ class Detector:
         self.extractor = build_extractor(backbone, config.features, self.device, cache=cache,
                                          weights_id=weights_id(backbone))
         self.head = None if head is None else head.to(self.device).eval()
-        # what detection runs: the trained head, or its truncated SVD (config.test.fc6_svd_rank, fc7_svd_rank)
-        self.detection_head = None if head is None else truncated_head(self.head, config.test.fc6_svd_rank,
-                                                                       config.test.fc7_svd_rank)
         self.svm_weights, self.svm_bias, self.feature_scale = None, None, None
         if not softmax:
             self.svm_weights = torch.as_tensor(np.asarray(svm_weights, dtype=np.float32), device=self.device)
@@ -272,6 +274,13 @@ class Detector:
     def backbone(self) -> Backbone:
         return self.extractor.backbone
 
+    @functools.cached_property
+    def detection_head(self) -> FCHead | None:
+        """The head detection runs: the trained one, or its truncated SVD (``config.test.fc6_svd_rank``,
+        ``fc7_svd_rank``), computed once per detector (and shared by :meth:`replace`'s variants)."""
+        test = self.config.test
+        return None if self.head is None else truncated_head(self.head, test.fc6_svd_rank, test.fc7_svd_rank)
+
     # -- variants -------------------------------------------------------------------------------
     def replace(self, *, features: dict | None = None, feature_scale: float | None = None,
                 svm_bias: np.ndarray | torch.Tensor | None = None) -> Detector:
@@ -280,11 +289,13 @@ class Detector:
         ``{"scales": (480, 688)}``, ``{"amp": "bf16"}``) and/or another SVM feature scale or SVM biases (K,)."""
         config = self.config if not features else self.config.replace(features=features)
         bias = self.svm_bias if svm_bias is None else torch.as_tensor(svm_bias)
-        return Detector(config, self.classes, self.backbone, self.svm_weights.cpu().numpy(),
-                        bias.detach().float().cpu().numpy(),
-                        self.feature_scale if feature_scale is None else feature_scale, self.regressor,
-                        device=self.device, cache=self.cache, head=self.head,
-                        bbox_feature_scale=self.bbox_feature_scale, calibration=self.calibration)
+        variant = Detector(config, self.classes, self.backbone, _array_or_none(self.svm_weights), _array_or_none(bias),
+                           self.feature_scale if feature_scale is None else feature_scale, self.regressor,
+                           device=self.device, cache=self.cache, head=self.head,
+                           bbox_feature_scale=self.bbox_feature_scale, calibration=self.calibration)
+        if "detection_head" in self.__dict__:  # the test options are the same: no second SVD
+            variant.detection_head = self.detection_head
+        return variant
 
     @classmethod
     def untrained(cls, config: SPPConfig, classes: tuple[str, ...], device: str | torch.device | None = "auto",

@@ -9,7 +9,7 @@ from detection.core.config import SPPConfig
 from detection.data.demo import make_demo_dataset
 from detection.detector import Detector
 from detection.runs.benchmark import MODES, STEPS, BenchmarkError, benchmark_windows, calibrated, mode_detector, run_mode
-from detection.runs.benchmark_report import format_report
+from detection.runs.benchmark_report import format_report, speedups
 from detection.runs.timing import Stopwatch, peak_memory, reset_peak_memory
 from features.extractor import SPPFeatureExtractor, WindowFeatureExtractor
 from features.rcnn import RCNNFeatureExtractor
@@ -55,6 +55,28 @@ def test_format_report_is_the_papers_table():
     assert [line.split("|")[1].strip() for line in lines if line.startswith("| ") and "method" not in line] == [
         "R-CNN", "SPP-net 1-scale", "SPP-net 5-scale"] * 2
     assert "77.2×" in table and "100.0×" in table and "227² crops" in table and "480,688" in table
+
+
+def test_speedups_compare_r_cnn_with_spp_net_on_the_same_images():
+    def row(conv, total, **extra):
+        return {"conv": conv, "total": total, "cpu": {"conv": conv, "total": total}, **extra}
+
+    # R-CNN ran on the first image only, which had more windows than the average of SPP-net's images
+    report = {"rcnn": row(100.0, 101.0), "spp_1scale": row(1.0, 1.5, first=row(2.0, 2.5)), "spp_5scale": row(4.0, 5.0)}
+    for clock in ("", "cpu"):
+        ratios = speedups(report, clock)
+        assert ratios["speedup_1scale"] == 101.0 / 2.5 and ratios["speedup_conv_1scale"] == 50.0
+        assert ratios["overhead_1scale"] == 1.5  # total / conv over all of SPP-net's images
+        assert ratios["speedup_5scale"] == 101.0 / 5.0 and ratios["speedup_conv_5scale"] == 25.0
+
+
+def test_run_mode_also_times_the_first_images_alone(untrained):
+    image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    few, many = np.array([[0, 0, 30, 30.0]]), np.array([[0, 0, 30, 30], [10, 5, 70, 60], [40, 20, 79, 63.0]])
+    row = run_mode(untrained, [image, image], [few, many], warmup=0, recalibrate=False, pass_fraction=None, first=1)
+    assert row["first"]["images"] == 1 and 0 < row["first"]["conv"] and 0 < row["first"]["cpu"]["total"]
+    assert "first" not in run_mode(untrained, [image], [few], warmup=0, recalibrate=False, pass_fraction=None,
+                                   first=1)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +132,8 @@ def test_rcnn_progress_bar_counts_windows_batch_by_batch(untrained, capsys):
 def test_benchmark_takes_only_test_time_options(tmp_path, capsys):
     assert main(["benchmark", "--images", str(tmp_path), "--set", "svm.C=1"]) == 2
     assert "--set svm.C" in capsys.readouterr().err
+    assert main(["benchmark", "--images", str(tmp_path), "--set", "test.head_precision=bf16"]) == 2
+    assert "--set test.head_precision: needs --model" in capsys.readouterr().err
 
 
 @pytest.mark.slow

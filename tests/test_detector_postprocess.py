@@ -149,6 +149,7 @@ def test_the_model_file_keeps_the_exact_head_and_its_test_time_form_is_chosen_at
     exact.save(tmp_path / "model.pt")
     fast = Detector.load(tmp_path / "model.pt", device="cpu", overrides={"test.fc6_svd_rank": 6})
     assert [layer.weight.shape[0] for layer in fast.detection_head.fc6] == [6, 32]
+    assert fast.replace(feature_scale=2.0).detection_head is fast.detection_head  # one SVD per model
     assert all(torch.equal(v, exact.head.state_dict()[k]) for k, v in fast.state()["head"].items())
     image = rng.integers(0, 256, (100, 130, 3), dtype=np.uint8)
     boxes = np.array([[0, 0, 60, 50], [30, 20, 120, 90], [10, 40, 50, 99]], dtype=float)
@@ -164,3 +165,20 @@ def test_the_model_file_keeps_the_exact_head_and_its_test_time_form_is_chosen_at
     head = bf16.features(maps, boxes, image.shape[:2]).head
     assert head.dtype == torch.float32 and not torch.equal(head, exact_head)
     torch.testing.assert_close(head, exact_head, rtol=0.05, atol=0.02 * float(exact_head.abs().max()))
+
+
+def test_a_softmax_scoring_detector_has_variants():
+    from features.head import FCHead
+    from features.spp import spp_output_dim
+
+    backbone = build_backbone("zf5", pretrained=False)
+    config = SPPConfig().replace(features={"backbone": "zf5", "scales": (100,)}, svm={"feature_layer": "ftfc7"},
+                                 bbox={"enabled": False}, test={"scoring": "softmax"})
+    head = FCHead(spp_output_dim(backbone.channels, config.features.pyramid_levels), 16, K)
+    det = Detector(config, tuple("abc"), backbone, None, None, None, device="cpu", head=head)
+    variant = det.replace(features={"scales": (120,)})
+    assert variant.svm_weights is None and variant.config.features.scales == (120,)
+    image = np.random.default_rng(7).integers(0, 256, (100, 130, 3), dtype=np.uint8)
+    boxes = np.array([[0, 0, 60, 50], [30, 20, 120, 90]], dtype=float)
+    scores = variant.score(variant.features(variant.compute_maps(image), boxes, image.shape[:2]))
+    assert scores.shape == (2, K) and bool(((scores > 0) & (scores < 1)).all())

@@ -13,7 +13,15 @@ import argparse
 import json
 from pathlib import Path
 
-from detection.core.config import BACKBONES, FIVE_SCALES, PASS_FRACTION, SINGLE_SCALE, TEST_TIME_SECTIONS, SPPConfig
+from detection.core.config import (
+    BACKBONES,
+    FIVE_SCALES,
+    PASS_FRACTION,
+    SINGLE_SCALE,
+    TEST_TIME_SECTIONS,
+    ConfigError,
+    SPPConfig,
+)
 from tools.common import (
     add_amp_argument,
     add_device_argument,
@@ -41,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rcnn-images", type=int_at_least(1), default=None,
                         help="of those, how many R-CNN runs on (default: all)")
     parser.add_argument("--max-proposals", type=int_at_least(1), default=2000,
-                        help="windows per image, at most: selective search's first (default: %(default)s)")
+                        help="windows per image, at most: selective search's first; it replaces "
+                             "proposals.max_proposals (default: %(default)s)")
     parser.add_argument("--scales", type=parse_scales, default=FIVE_SCALES,
                         help="the multi-scale SPP row: 5 (480,576,688,864,1200) or a comma list (default: 5)")
     parser.add_argument("--single-scale", type=int_at_least(1), default=SINGLE_SCALE[0],
@@ -76,7 +85,11 @@ def _image_paths(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    model_overrides(args)  # a bad --set fails before any work
+    overrides = model_overrides(args)  # a bad --set fails before any work
+    test_keys = [key for key in overrides if key.startswith("test.")]
+    if test_keys and not args.model:  # the untrained detector scores pool5 with random SVMs: nothing to change
+        raise ConfigError(test_keys[0], "needs --model (a trained detector); without one only proposals.* apply",
+                          where=f"--set {test_keys[0]}")
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)

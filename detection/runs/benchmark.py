@@ -2,7 +2,7 @@
 
 Three detectors share one backbone, one set of SVMs and one box regressor and differ only in how
 window features are made: SPP-net at one scale, SPP-net at several scales (the paper's five), and
-R-CNN (:mod:`features.rcnn`: every window cropped, warped and run through the conv layers). Each
+R-CNN (:mod:`features.rcnn`: every distinct window cropped, warped and run through the conv layers). Each
 image's proposals are computed once, timed on their own, and cut to at most P windows; every mode
 detects on the same windows. (Padding an image with repeated windows would add no work: each mode
 features a repeated window once, R-CNN each distinct box and SPP-net each distinct scale and
@@ -23,7 +23,8 @@ Per image and mode the steps of :class:`~detection.detector.Detector` are timed 
 
 Timing and memory are measured by :mod:`detection.runs.timing` (on a GPU every timed section starts
 and ends with ``torch.cuda.synchronize``); :mod:`detection.runs.benchmark_report` computes the
-speedups and formats the tables. Before timing,
+speedups (R-CNN against SPP-net on the same images when R-CNN runs on fewer: images differ in their
+window counts) and formats the tables. Before timing,
 each mode runs ``warmup`` untimed detections of the first image (R-CNN: one batch of its
 windows, the same work its timed run repeats batch after batch).
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date
 from typing import Callable, Iterator
@@ -98,7 +100,8 @@ def mode_detector(detector: Detector, mode: str, scales: tuple[int, ...], rcnn_b
 
 
 def calibrated(detector: Detector, image: np.ndarray, boxes: np.ndarray, pass_fraction: float | None) -> Detector:
-    """The detector with its SVM features scaled to mean norm 20 on these windows and, given a
+    """The detector with its SVM features scaled to mean norm 20 on these windows (each distinct one
+    once, :meth:`Detector.features`) and, given a
     ``pass_fraction`` (random SVMs), biases set so that this fraction of the windows pass the score threshold."""
     features = detector.features(detector.compute_maps(image), boxes, image.shape[:2])
     norm = float(features.svm.norm(dim=1).mean())  # unscaled: ``score`` applies the scale
@@ -133,12 +136,15 @@ def _counted(section: contextlib.AbstractContextManager, bar: tqdm, windows: int
 
 
 def run_mode(detector: Detector, images: list[np.ndarray], proposals: list[np.ndarray], warmup: int,
-             recalibrate: bool, pass_fraction: float | None, label: str = "", progress: bool = False) -> dict:
+             recalibrate: bool, pass_fraction: float | None, label: str = "", progress: bool = False,
+             first: int | None = None) -> dict:
     """Calibrate, warm up and time one mode -> per-image seconds of each step, total and peak memory.
 
-    R-CNN calibrates and warms up on one batch of windows, the unit its timed run repeats. With
-    ``progress``, a bar counts the windows done, with an ETA: R-CNN's after each conv batch
-    (minutes per image on a CPU), SPP's after each image.
+    With ``first`` < len(images), ``"first"`` holds the same over the first ``first`` images alone
+    (those R-CNN runs on: the speedups compare the same images and windows). R-CNN calibrates and
+    warms up on one batch of windows, the unit its timed run repeats. With ``progress``, a bar
+    counts the windows done, with an ETA: R-CNN's after each conv batch (minutes per image on a
+    CPU), SPP's after each image.
     """
     device = detector.device
     rcnn = isinstance(detector.extractor, RCNNFeatureExtractor)
@@ -158,16 +164,21 @@ def run_mode(detector: Detector, images: list[np.ndarray], proposals: list[np.nd
         if rcnn:  # its conv layers run inside ``features``: timed there, moved to ``conv`` below
             sizes = iter([min(batch, n - start) for n in counts for start in range(0, n, batch)])
             detector.extractor.conv_timer = lambda: _counted(watch.section("window_conv"), bar, next(sizes))
-        for image, boxes in zip(images, proposals):
+        subset = {}
+        for done, (image, boxes) in enumerate(zip(images, proposals), start=1):
             time_detection(detector, image, boxes, watch)
             if not rcnn:
                 bar.update(len(boxes))
+            if done == first and first < len(images):
+                subset = {"first": {"images": first, **_per_image(watch.seconds, first),
+                                    "cpu": _per_image(watch.cpu_seconds, first)}}
     return {"images": len(images), **_per_image(watch.seconds, len(images)),
-            "cpu": _per_image(watch.cpu_seconds, len(images)), **peak_memory(device)}
+            "cpu": _per_image(watch.cpu_seconds, len(images)), **subset, **peak_memory(device)}
 
 
 def _per_image(seconds: dict[str, float], images: int) -> dict[str, float]:
     """Section totals -> per-image ``conv``, ``pool_fc``, ``svm_nms_bbox`` and ``total``."""
+    seconds = defaultdict(float, seconds)
     steps = {"conv": seconds["conv"] + seconds["window_conv"], "pool_fc": seconds["features"] - seconds["window_conv"],
              "svm_nms_bbox": seconds["svm_nms_bbox"]}
     steps = {name: value / images for name, value in steps.items()}
@@ -208,6 +219,7 @@ def run_benchmark(detector: Detector, images: list[np.ndarray], settings: Benchm
               "backbone": detector.backbone.name, "amp": detector.config.features.amp if device_amp(detector) else "off",
               "images": len(images), "rcnn_images": rcnn_images,
               "proposals_per_image": float(np.mean([len(b) for b in proposals])),
+              "rcnn_proposals_per_image": float(np.mean([len(b) for b in proposals[:rcnn_images]])),
               "proposals_found_per_image": float(np.mean(found)),
               "proposal_seconds": proposal_seconds / len(images),
               "svm_pass_fraction": settings.pass_fraction if random_svms else None}
@@ -220,6 +232,6 @@ def run_benchmark(detector: Detector, images: list[np.ndarray], settings: Benchm
         report[key] = {**shape, **run_mode(mode_det, images[:count], proposals[:count], settings.warmup,
                                            recalibrate=random_svms or mode != trained_mode,
                                            pass_fraction=settings.pass_fraction if random_svms else None,
-                                           label=key, progress=progress)}
+                                           label=key, progress=progress, first=rcnn_images)}
         log(f"{key}: {report[key]['total']:.3f} s per image")
     return {**report, **speedups(report, ""), "cpu_time": speedups(report, "cpu")}

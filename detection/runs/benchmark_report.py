@@ -3,15 +3,18 @@ from __future__ import annotations
 
 
 def speedups(report: dict, clock: str) -> dict[str, float]:
-    """Speedups over R-CNN (total and conv only) and SPP's total / conv, by wall (``""``) or ``"cpu"`` time."""
-    def times(key):
-        return report[key][clock] if clock else report[key]
+    """Speedups over R-CNN (total and conv only), against SPP-net's times on R-CNN's images (its
+    ``"first"`` entry when R-CNN ran on fewer), and SPP's total / conv over all its images, by wall
+    (``""``) or ``"cpu"`` time."""
+    def times(row):
+        return row[clock] if clock else row
 
-    rcnn, ratios = times("rcnn"), {}
+    rcnn, ratios = times(report["rcnn"]), {}
     for suffix in ("1scale", "5scale"):
-        spp = times(f"spp_{suffix}")
-        ratios.update({f"speedup_{suffix}": rcnn["total"] / spp["total"],
-                       f"speedup_conv_{suffix}": rcnn["conv"] / spp["conv"],
+        row = report[f"spp_{suffix}"]
+        spp, same_images = times(row), times(row.get("first", row))
+        ratios.update({f"speedup_{suffix}": rcnn["total"] / same_images["total"],
+                       f"speedup_conv_{suffix}": rcnn["conv"] / same_images["conv"],
                        f"overhead_{suffix}": spp["total"] / spp["conv"]})
     return ratios
 
@@ -25,6 +28,9 @@ def format_report(report: dict) -> str:
     amp = f" (conv in {report['amp']}, channels_last)" if report.get("amp", "off") != "off" else ""
     lines = [f"{report['backbone']}{amp}, {report['device']}, {report['proposals_per_image']:.0f} windows per image "
              f"(seconds per image; R-CNN on {report['rcnn_images']} of {report['images']} image(s))"]
+    if report["rcnn_images"] < report["images"]:
+        lines.append(f"speedups: R-CNN against SPP-net on the same {report['rcnn_images']} image(s) "
+                     f"({report.get('rcnn_proposals_per_image', report['proposals_per_image']):.0f} windows per image)")
     for clock, title in (("", "wall clock"), ("cpu", "process CPU time (all threads)")):
         lines += ["", f"{title}:", "", _table(report, clock)]
     lines += ["", f"proposals (selective search, not in the totals): {report['proposal_seconds']:.3f} s per image, "
