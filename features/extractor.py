@@ -216,7 +216,7 @@ class SPPFeatureExtractor:
         """Windows (N, 4) -> the (M, D) SPP vectors of the M distinct (scale, cells) pairs among them
         and (N,) int64 each window's row, on the device.
 
-        Windows that project onto the same cells at the same scale have the same vector (9-25% of
+        Windows that project onto the same cells at the same scale have the same vector (8-25% of
         2,000 selective-search windows on 500×375 images at stride 16), so detection pools them,
         and runs the head on them, once.
         """
