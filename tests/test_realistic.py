@@ -10,6 +10,7 @@ from detection.data import realistic
 from detection.data.realistic import (
     CLASSES,
     REALISTIC_CLASSES,
+    SMALL_OBJECTS_MAX_EXTENT,
     MissingDependencyError,
     class_sprites,
     draw_realistic_image,
@@ -95,6 +96,33 @@ def test_every_class_in_both_splits_sizes_and_hard_cases(voc, records):
         root = ET.parse(voc / "Annotations" / f"{record.image_id}.xml").getroot()
         truncated += [o.findtext("truncated") == "1" for o in root.iter("object")]
     assert 0.03 <= np.mean(truncated) <= 0.4
+
+
+def test_max_extent_bounds_objects_and_changes_nothing_else():
+    small = [draw_realistic_image(np.random.Generator(np.random.PCG64([4, 0, i])), (500, 375),
+                                  REALISTIC_CLASSES[i % len(REALISTIC_CLASSES)], SMALL_OBJECTS_MAX_EXTENT)[1]
+             for i in range(40)]
+    sides = np.array([max(o.box[2] - o.box[0], o.box[3] - o.box[1]) + 1 for objects in small for o in objects])
+    # a box's longer side is the extent drawn, up to a pixel of rounding at each end
+    assert sides.max() <= SMALL_OBJECTS_MAX_EXTENT + 2 and sides.max() >= 0.8 * SMALL_OBJECTS_MAX_EXTENT
+    assert sides.min() <= 25
+    # the default is half the image's longer side: the same images as without the argument
+    rng_a, rng_b = (np.random.Generator(np.random.PCG64([4, 0, 7])) for _ in range(2))
+    image_a, objects_a = draw_realistic_image(rng_a, (500, 375), "cup")
+    image_b, objects_b = draw_realistic_image(rng_b, (500, 375), "cup", 250)
+    assert np.array_equal(image_a, image_b) and objects_a == objects_b
+
+
+def test_max_extent_is_recorded_and_checked(tmp_path):
+    import json
+    voc = make_realistic_dataset(tmp_path / "s", num_trainval=1, num_test=1, seed=0, max_extent=96)
+    assert json.loads((voc.parent / realistic.PARAMS_FILE).read_text())["max_extent"] == 96
+    other = make_realistic_dataset(tmp_path / "s", num_trainval=1, num_test=1, seed=0)  # another set: remade
+    assert json.loads((other.parent / realistic.PARAMS_FILE).read_text())["max_extent"] == 250
+    for bad in (79, 251):
+        with pytest.raises(ValueError, match=rf"max_extent {bad} is outside \[80, 250\]"):
+            make_realistic_dataset(tmp_path / "bad", num_trainval=1, num_test=1, max_extent=bad)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_occlusion_hides_part_of_earlier_objects_and_counts_for_difficult():

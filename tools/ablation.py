@@ -39,9 +39,10 @@ def _image_size(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="sppnet-ablation", help="working directory (default: %(default)s)")
     # the names of detection.runs.ablation.GENERATED_SETS (not imported here: no torch for --help)
-    parser.add_argument("--dataset", choices=("demo", "realistic"), default="demo",
-                        help="generated set: demo (drawn shapes) or realistic (real objects cut from photographs "
-                             "pasted onto other photographs; needs scikit-image) (default: %(default)s)")
+    parser.add_argument("--dataset", choices=("demo", "realistic", "realistic-small"), default="demo",
+                        help="generated set: demo (drawn shapes), realistic (real objects cut from photographs "
+                             "pasted onto other photographs, 15 px to half the image; needs scikit-image) or "
+                             "realistic-small (the same, objects up to 96 px) (default: %(default)s)")
     parser.add_argument("--num-images", type=int_at_least(1), default=None,
                         help="generated images per split (default: 40 demo, 150 realistic)")
     parser.add_argument("--seed", type=int_at_least(0), default=0, help="data seed (default: %(default)s)")
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     name = f"{args.dataset}-{count}-{width}x{height}-seed{args.seed}"
     # one directory per generated set: image ids repeat across sets, and the caches are keyed by id
     out = Path(args.out) / name
-    voc = generated.make(out / "data", num_trainval=count, num_test=count, seed=args.seed, image_size=(width, height))
+    voc, made_by = generated.generate(out / "data", count, args.seed, (width, height))
     train_set, test_set = (VOCDataset(voc, split, classes=generated.classes) for split in ("trainval", "test"))
     one, five = COLUMNS
     columns = {"1": (one,), "5": (AblationColumn(five.name, five.scales, args.five_scale_images),),
@@ -86,8 +87,7 @@ def run(args: argparse.Namespace) -> int:
                            progress=not args.quiet)
     section = report(result, title=f"{generated.title}: {count} + {count} generated images "
                                     f"({width}×{height}, seed {args.seed})",
-                     dataset=f"`{generated.make.__name__}(num_trainval={count}, num_test={count}, "
-                             f"seed={args.seed}, image_size=({width}, {height}))`",
+                     dataset=made_by,
                      config=config, machine=machine_description(device.type),
                      command=command_line("ablation"), date=started.strftime("%Y-%m-%d %H:%M UTC"))
     write_markdown_section(args.doc, name, section, DOC_HEADER)

@@ -8,7 +8,8 @@ mask, and every instance is that object again with random scale, aspect, flip, s
 brightness and colour jitter, pasted onto a crop of a *different* photograph (brick, grass,
 gravel, the moon, cells, the Hubble deep field, ...), over unlabelled distractor objects.
 
-Like VOC: images of about 500×375; 1-5 objects from about 15 px to half the image; some cut by
+Like VOC: images of about 500×375; 1-5 objects from about 15 px to half the image (or to
+``max_extent``: :data:`SMALL_OBJECTS_MAX_EXTENT` gives a set of small objects only); some cut by
 the border (``truncated``) and some partly hidden by objects pasted later; ``difficult`` for
 objects less than half visible or whose visible box is under 20 px (or thinner than 6 px); boxes are the tight
 box of the visible pixels. Deterministic from the seed, like the demo set
@@ -35,6 +36,9 @@ DEFAULT_SIZE = (500, 375)  # (width, height), as most VOC 2007 images
 
 MIN_EXTENT = 15  # longer side of an object's box, in pixels, before truncation and occlusion
 MAX_EXTENT_FRACTION = 0.5  # of the image's longer side
+# The set of issue 8's report had "small real objects": COCO's small and medium objects (area under
+# 96²) are those up to about 96 px a side.
+SMALL_OBJECTS_MAX_EXTENT = 96
 FIRST_MIN_EXTENT = 40  # the first object of an image (its class cycles over the images) is never tiny
 OBJECT_COUNT_WEIGHTS = (0.25, 0.25, 0.2, 0.15, 0.15)  # of 1, 2, 3, 4, 5 objects per image
 TRUNCATE_PROBABILITY = 0.2
@@ -289,10 +293,11 @@ BACKGROUNDS = (
 # ---- one image ----
 
 def make_realistic_dataset(root: str | Path, num_trainval: int = 150, num_test: int = 150, seed: int = 0,
-                           image_size: tuple[int, int] = DEFAULT_SIZE) -> Path:
+                           image_size: tuple[int, int] = DEFAULT_SIZE, max_extent: float | None = None) -> Path:
     """Write (or reuse) the realistic data set under ``root/VOC2007`` and return that path.
 
-    ``image_size`` is (width, height). Splits ``trainval`` (``train``, ``val`` its halves) and
+    ``image_size`` is (width, height). ``max_extent``: the longest an object's box may be, in pixels
+    (None: half the image's longer side). Splits ``trainval`` (``train``, ``val`` its halves) and
     ``test``; the parameters are recorded in ``root/realistic_dataset.json`` and matching files reused.
     """
     width, height = image_size
@@ -301,12 +306,17 @@ def make_realistic_dataset(root: str | Path, num_trainval: int = 150, num_test: 
     if min(width, height) < 4 * FIRST_MIN_EXTENT:
         raise ValueError(f"make_realistic_dataset: image_size {image_size} is too small (at least "
                          f"{4 * FIRST_MIN_EXTENT} px a side)")
+    max_extent = MAX_EXTENT_FRACTION * max(width, height) if max_extent is None else float(max_extent)
+    if not 2 * FIRST_MIN_EXTENT <= max_extent <= MAX_EXTENT_FRACTION * max(width, height):
+        raise ValueError(f"make_realistic_dataset: max_extent {max_extent:g} is outside [{2 * FIRST_MIN_EXTENT}, "
+                         f"{MAX_EXTENT_FRACTION * max(width, height):g}] (half the image's longer side) px")
     _skimage_data()  # fail before writing anything when scikit-image is missing
     params = {"generator_version": GENERATOR_VERSION, "num_trainval": num_trainval, "num_test": num_test,
-              "seed": seed, "image_size": [width, height]}
+              "seed": seed, "image_size": [width, height], "max_extent": max_extent}
 
     def draw(rng: np.random.Generator, index: int) -> tuple[np.ndarray, list[GeneratedObject]]:
-        return draw_realistic_image(rng, (width, height), REALISTIC_CLASSES[index % len(REALISTIC_CLASSES)])
+        return draw_realistic_image(rng, (width, height), REALISTIC_CLASSES[index % len(REALISTIC_CLASSES)],
+                                    max_extent)
 
     return write_generated_dataset(root, params, PARAMS_FILE, "sppnet realistic", draw)
 
@@ -321,9 +331,11 @@ class _Pasted:
     truncated: bool
 
 
-def draw_realistic_image(rng: np.random.Generator, size: tuple[int, int],
-                         first_class: str) -> tuple[np.ndarray, list[GeneratedObject]]:
+def draw_realistic_image(rng: np.random.Generator, size: tuple[int, int], first_class: str,
+                         max_extent: float | None = None) -> tuple[np.ndarray, list[GeneratedObject]]:
     """One (H, W, 3) uint8 RGB image and its objects, in pasting order (later ones on top).
+
+    Objects' boxes are at most ``max_extent`` px long (None: half the image's longer side).
 
     The first object is of ``first_class`` (never tiny nor truncated), so cycling it over the
     images puts every class into every split of at least ``len(REALISTIC_CLASSES)`` images.
@@ -332,18 +344,20 @@ def draw_realistic_image(rng: np.random.Generator, size: tuple[int, int],
     candidates = [b for b in BACKGROUNDS if b[0] != CLASSES[first_class].photo]
     background = candidates[rng.integers(len(candidates))]
     image = _background(rng, background, size)
+    if max_extent is None:
+        max_extent = MAX_EXTENT_FRACTION * max(size)
     for _ in range(int(rng.integers(0, 3))):
         name = sorted(DISTRACTORS)[rng.integers(len(DISTRACTORS))]
         sprites = distractor_sprites(name)
         layer, alpha, _, _ = _transform(rng, sprites[rng.integers(len(sprites))], size, True,
-                                        _extent(rng, size, MIN_EXTENT), truncate=rng.random() < 0.3)
+                                        _extent(rng, MIN_EXTENT, max_extent), truncate=rng.random() < 0.3)
         blend(image, layer, alpha)
     allowed = [c for c in REALISTIC_CLASSES if CLASSES[c].photo != background[0]]
     count = 1 + rng.choice(len(OBJECT_COUNT_WEIGHTS), p=OBJECT_COUNT_WEIGHTS)
     pasted: list[_Pasted] = []
     for k in range(count):
         name = first_class if k == 0 else allowed[rng.integers(len(allowed))]
-        placed = _place(rng, name, size, pasted, first=k == 0)
+        placed = _place(rng, name, size, pasted, first=k == 0, max_extent=max_extent)
         if placed is None:
             continue  # no room left that keeps the earlier objects visible enough
         layer, obj = placed
@@ -375,9 +389,9 @@ def _relight(rng: np.random.Generator, rgb: np.ndarray) -> np.ndarray:
     return np.clip((rgb - 128) * gain + 128 + rng.uniform(-20, 20), 0, 255)
 
 
-def _extent(rng: np.random.Generator, size: tuple[int, int], low: float) -> float:
+def _extent(rng: np.random.Generator, low: float, high: float) -> float:
     """An object's longer side: log-uniform, as many small objects as large ones as in photos."""
-    return float(np.exp(rng.uniform(np.log(low), np.log(MAX_EXTENT_FRACTION * max(size)))))
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
 
 def _transform(rng: np.random.Generator, sprite: Sprite, size: tuple[int, int], flips: bool, extent: float,
@@ -425,7 +439,7 @@ def _transform(rng: np.random.Generator, sprite: Sprite, size: tuple[int, int], 
 
 
 def _place(rng: np.random.Generator, name: str, size: tuple[int, int], pasted: list[_Pasted],
-           first: bool) -> tuple[np.ndarray, _Pasted] | None:
+           first: bool, max_extent: float) -> tuple[np.ndarray, _Pasted] | None:
     """A new object on top of ``pasted`` and its layer, or None after too many rejected tries.
 
     Rejected when its box overlaps an earlier visible box by more than MAX_BOX_IOU, or it would
@@ -435,7 +449,7 @@ def _place(rng: np.random.Generator, name: str, size: tuple[int, int], pasted: l
     before = visible_coverage([p.alpha for p in pasted])
     old_boxes = np.array([mask_box(v >= 0.5) for v in before]).reshape(-1, 4)
     for _ in range(PLACEMENT_TRIES):
-        extent = _extent(rng, size, FIRST_MIN_EXTENT if first else MIN_EXTENT)
+        extent = _extent(rng, FIRST_MIN_EXTENT if first else MIN_EXTENT, max_extent)
         truncate = not first and rng.random() < TRUNCATE_PROBABILITY
         over = old_boxes[rng.integers(len(old_boxes))] if len(old_boxes) and rng.random() < OCCLUDE_PROBABILITY else None
         layer, alpha, area, truncated = _transform(rng, sprites[rng.integers(len(sprites))], size,
