@@ -7,9 +7,13 @@ import pytest
 
 from detection.evaluation.voc_eval import (
     ELEVEN_POINTS,
+    SIZE_RANGES,
+    evaluate_by_class,
+    evaluate_by_size,
     evaluate_class,
     evaluate_detections,
     format_ap_table,
+    format_size_table,
     voc_ap,
 )
 from detection.core.detections import ClassDetections, Detections, by_class
@@ -517,3 +521,100 @@ def test_bad_result_files_are_one_line_errors_on_the_command_line(tiny, tmp_path
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not in split 'test'" in err and "'000009'" in err
+
+
+# ---------------------------------------------------------------- AP by object size
+
+def size_range_reference(gt_by_image, ids, scores, boxes, area_range, metric):
+    """COCOeval's area-range rules on the devkit's loop, one detection at a time: GT outside the range
+    is ignored like a difficult box; a detection outside it that is not a true positive is dropped."""
+    def area(b):
+        return (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+
+    def iou(a, b):
+        iw, ih = min(a[2], b[2]) - max(a[0], b[0]) + 1, min(a[3], b[3]) - max(a[1], b[1]) + 1
+        inter = max(iw, 0) * max(ih, 0)
+        return inter / (area(a) + area(b) - inter)
+
+    low, high = area_range
+    inside = lambda b: low <= area(b) <= high
+    ignored = {k: [bool(d) or not inside(b) for b, d in zip(*gt)] for k, gt in gt_by_image.items()}
+    taken = {k: [False] * len(gt[0]) for k, gt in gt_by_image.items()}
+    npos = sum(not i for flags in ignored.values() for i in flags)
+    tp, fp = [], []
+    for d in sorted(range(len(scores)), key=lambda d: -scores[d]):
+        gt_boxes = gt_by_image.get(ids[d], ([], []))[0]
+        overlaps = [iou(boxes[d], g) for g in gt_boxes]
+        j = int(np.argmax(overlaps)) if overlaps else -1
+        if j >= 0 and overlaps[j] >= 0.5:
+            if ignored[ids[d]][j]:
+                continue
+            if not taken[ids[d]][j]:
+                taken[ids[d]][j] = True
+                tp.append(1), fp.append(0)
+                continue
+        if inside(boxes[d]):
+            tp.append(0), fp.append(1)
+    tp, fp = np.cumsum(tp), np.cumsum(fp)
+    return voc_ap(tp / npos, tp / np.maximum(tp + fp, 1e-300), metric) if npos else None
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_ap_by_size_matches_a_one_detection_at_a_time_reference(seed):
+    ids, scores, boxes, gt = random_problem(np.random.default_rng(seed))
+    boxes = boxes * 3  # areas on both sides of 32² (the problem's boxes are 5-40 px, tripled 15-120)
+    gt = {k: (b * 3, d) for k, (b, d) in gt.items()}
+    for metric in METRICS:
+        for size, area_range in SIZE_RANGES.items():
+            expected = size_range_reference(gt, list(ids), list(scores), list(boxes), area_range, metric)
+            if expected is None:
+                continue
+            ap = evaluate_class(ids, scores, boxes, gt, metric=metric, area_range=area_range)[0]
+            assert ap == pytest.approx(expected, abs=1e-12), (size, metric)
+
+
+def test_ap_by_size_by_hand(tmp_path, write_voc):
+    # one image with a small (20x20) and a large (100x100) apple; nothing in the other image
+    root = write_voc(tmp_path / "VOC2007", {"000001": [("apple", (1, 1, 20, 20)), ("apple", (101, 1, 200, 100))],
+                                             "000002": []}, size=(240, 160))
+    dataset = VOCDataset(root, "test")
+    small_hit, large_hit = [0, 0, 19, 19], [100, 0, 199, 99]
+    small_miss, large_miss = [0, 0, 9, 9], [0, 0, 119, 119]
+    detections = {"000001": Detections(np.array([large_hit, small_hit], dtype=float), np.array([0.9, 0.7]),
+                                       np.zeros(2, dtype=int)),
+                  "000002": Detections(np.array([large_miss, small_miss], dtype=float), np.array([0.85, 0.8]),
+                                       np.zeros(2, dtype=int))}
+    result = evaluate_by_size(dataset, by_class(detections, 1))
+    sizes = result["sizes"]
+    # all: hit, miss, miss, hit -> precision 1 up to recall 1/2, then 1/2
+    assert sizes["all"]["ap"]["apple"] == pytest.approx((6 * 1 + 5 * 0.5) / 11)
+    # small: the large hit matches an ignored box, the large miss is dropped: miss, hit -> 1/2
+    assert sizes["small"]["ap"]["apple"] == pytest.approx(0.5)
+    # large: hit, large miss; the small miss dropped, the small hit on an ignored box -> 1
+    assert sizes["large"]["ap"]["apple"] == pytest.approx(1.0)
+    assert sizes["medium"] == {"mAP": None, "objects": 0, "ap": {"apple": None}}
+    assert [sizes[s]["objects"] for s in ("all", "small", "large")] == [2, 1, 1]
+    assert json.loads(json.dumps(result)) == result
+    assert sizes["all"]["ap"] == evaluate_by_class(dataset, by_class(detections, 1))["ap"]
+    table = format_size_table(result).splitlines()
+    assert table[0].split() == ["class", "all", "small", "medium", "large"]
+    assert table[2].split() == ["apple", "77.3", "50.0", "–", "100.0"]
+    assert table[-2].split() == ["objects", "2", "1", "0", "1"] and "COCO's ranges" in table[-1]
+
+
+def test_sppnet_eval_by_size(tiny, tmp_path, capsys):
+    from tools.cli import main
+
+    dataset, detections = tiny
+    write_devkit_results(tmp_path / "results", "test", dataset.classes, detections)
+    out = tmp_path / "m.json"
+    args = ["eval", "--data", str(dataset.root), "--results", str(tmp_path / "results"), "--json", str(out)]
+    assert main(args + ["--by-size"]) == 0
+    printed = capsys.readouterr().out
+    assert "medium" in printed and "COCO's ranges" in printed
+    written = json.loads(out.read_text())
+    assert written["by_size"]["sizes"]["small"]["ap"] == {"apple": 1.0, "pear": pytest.approx(0.5)}
+    assert main(args) == 0 and "by_size" not in json.loads(out.read_text())
+    assert main(args + ["--by-size", "--metric", "coco"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--by-size: is for voc07 and voc10" in err

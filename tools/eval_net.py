@@ -22,6 +22,11 @@ metrics:
          counted as false positives, as in the VOC devkit (pycocotools measures overlap with
          them as intersection over the detection's area).
 
+--by-size adds the AP at IoU 0.5 (voc07 or voc10) of small, medium and large objects, by COCO's
+areas (under 32², 32² to 96², over 96² pixels): objects of other sizes are ignored as difficult ones
+are, and detections of other sizes that find nothing are not counted as false positives; a class
+without objects of a size has no AP there ("–") and stays out of that size's mAP.
+
 --plot DIR writes pr_<class>.png per class, pr_all.png and pr_curves.csv (PNG needs matplotlib, the
 `plots` extra): precision against recall at IoU 0.5
 with VOC matching (for --metric coco too), the interpolated curve bold, the raw one faint.
@@ -41,23 +46,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", choices=("voc07", "voc10", "coco"), default="voc07",
                         help="voc07, voc10 or coco: see below (default: %(default)s)")
     parser.add_argument("--classes", type=parse_classes, default=None, help="comma-separated class names")
+    parser.add_argument("--by-size", action="store_true",
+                        help="also AP per object size (small, medium, large): see below; voc07 and voc10 only")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the metrics as JSON here")
     parser.add_argument("--plot", metavar="DIR", default=None, help="write precision-recall curves here: PNG (matplotlib) and CSV")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.by_size and args.metric == "coco":
+        from detection.core.config import ConfigError
+
+        raise ConfigError("--by-size", "is for voc07 and voc10; --metric coco reports AP_small, AP_medium and "
+                                       "AP_large itself")
     if args.plot:
         from detection.visualize import check_charts
 
         check_charts()  # before any work: matplotlib is an optional extra
     from detection.core.cache import atomic_write_bytes
     from detection.evaluation.results import evaluate_results, format_metrics, read_results
-    from detection.evaluation.voc_eval import class_curves
+    from detection.evaluation.voc_eval import class_curves, evaluate_by_size, format_size_table
 
     dataset = load_data(args, classes=args.classes)
     results = read_results(args.results, dataset)
     metrics = evaluate_results(dataset, results, metric=args.metric)
     print(format_metrics(metrics))
+    if args.by_size:
+        metrics["by_size"] = evaluate_by_size(dataset, results, metric=args.metric)
+        print(format_size_table(metrics["by_size"]))
     if args.json:
         atomic_write_bytes(Path(args.json), json.dumps(metrics, indent=2).encode())
     if args.plot:

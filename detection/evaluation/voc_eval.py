@@ -25,12 +25,18 @@ unless every detection of the class hits a difficult box, where the devkit gives
 
 A class without any non-difficult GT box has no defined recall; its AP is reported as 0.0 (the
 devkit's 11-point value there) and, as in py-faster-rcnn's ``np.mean(aps)``, counts in the mAP.
+
+AP by object size (:func:`evaluate_by_size`, not in the devkit) follows COCOeval's area ranges
+(:data:`SIZE_RANGES`, areas of the +1-inclusive boxes): GT boxes outside the range are ignored as
+difficult ones are, and a detection outside it that matches nothing it could count for is dropped
+rather than counted as a false positive. A class with no object of a size has no AP at that size
+and stays out of that size's mAP, as COCOeval leaves it out.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from detection.core.boxes import max_overlaps
+from detection.core.boxes import box_area, max_overlaps
 from detection.core.detections import ClassDetections, Detections, by_class
 from detection.data.devkit import ResultsError
 from detection.data.records import Dataset
@@ -42,6 +48,10 @@ METRICS = ("voc07", "voc10")
 # operator), so 0.30000000000000004 but exactly 0.6 and 0.7, unlike np.arange(11) * 0.1.
 _K = np.arange(11)
 ELEVEN_POINTS = np.where(_K <= 5, _K * 0.1, 1 - (10 - _K) * 0.1)
+
+# COCOeval's areaRng (pixels²): small under 32², medium to 96², large above; "all" is every box
+SIZE_RANGES = {"all": (0.0, np.inf), "small": (0.0, 32.0 ** 2), "medium": (32.0 ** 2, 96.0 ** 2),
+               "large": (96.0 ** 2, np.inf)}
 
 # image id -> (GT boxes (G, 4) of one class, their difficult flags (G,))
 GroundTruth = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -124,15 +134,24 @@ def _true_false_positives(best_iou: np.ndarray, best_gt: np.ndarray, difficult: 
     return tp, ~tp & ~ignored
 
 
+def _in_range(boxes: np.ndarray, area_range: tuple[float, float]) -> np.ndarray:
+    """(N, 4) boxes -> (N,) bool: area within [low, high], COCOeval's closed interval."""
+    area = box_area(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
+    return (area >= area_range[0]) & (area <= area_range[1])
+
+
 def evaluate_class(image_ids: np.ndarray, scores: np.ndarray, boxes: np.ndarray,
                    ground_truth: GroundTruth, iou_threshold: float = 0.5,
-                   metric: str = "voc07") -> tuple[float, np.ndarray, np.ndarray]:
-    """AP of one class, and its recall (M,) and precision (M,) in decreasing-score order.
+                   metric: str = "voc07",
+                   area_range: tuple[float, float] | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+    """AP of one class, and its recall (M',) and precision (M',) in decreasing-score order.
 
     ``image_ids`` (M,), ``scores`` (M,), ``boxes`` (M, 4) 0-based inclusive: every detection of the
     class. ``ground_truth``: image id -> (GT boxes (G, 4) of the class, difficult flags (G,)); an
     image absent from it has no GT of the class, so its detections are false positives.
     Without non-difficult GT boxes recall is 0/0 = NaN and the AP is 0.0 (see the module doc).
+    ``area_range`` (low, high) in pixels²: the AP of the objects of that size (module doc); the
+    curve then leaves out the dropped detections (M' <= M).
     """
     _check_metric(metric)
     if not 0.0 < iou_threshold <= 1.0:
@@ -144,8 +163,14 @@ def evaluate_class(image_ids: np.ndarray, scores: np.ndarray, boxes: np.ndarray,
     if not len(image_ids) == len(scores) == len(boxes):
         raise ValueError(f"{len(image_ids)} image ids, {len(scores)} scores and {len(boxes)} boxes: lengths differ")
     order = np.argsort(-scores, kind="stable")
+    if area_range is not None:
+        ground_truth = {name: (gt, np.asarray(difficult, dtype=bool).reshape(-1) | ~_in_range(gt, area_range))
+                        for name, (gt, difficult) in ground_truth.items()}
     best_iou, best_gt, difficult = _best_ground_truth(image_ids[order], boxes[order], ground_truth)
     tp, fp = _true_false_positives(best_iou, best_gt, difficult, iou_threshold)
+    if area_range is not None:
+        counted = tp | (fp & _in_range(boxes[order], area_range))
+        tp, fp = tp[counted], fp[counted]
     num_positives = sum(int(np.count_nonzero(~np.asarray(d, dtype=bool))) for _, d in ground_truth.values())
     tp_sum, fp_sum = np.cumsum(tp, dtype=np.float64), np.cumsum(fp, dtype=np.float64)
     recall = tp_sum / num_positives if num_positives else np.full(len(tp_sum), np.nan)
@@ -207,6 +232,57 @@ def evaluate_detections(dataset: Dataset, detections: dict[str, Detections], met
     """
     check_split_images(dataset, detections)
     return evaluate_by_class(dataset, by_class(detections, len(dataset.classes)), metric, iou_threshold)
+
+
+def evaluate_by_size(dataset: Dataset, results: list[ClassDetections], metric: str = "voc07",
+                     iou_threshold: float = 0.5) -> dict:
+    """Per-class AP and mAP for each of :data:`SIZE_RANGES`, and how many objects of each size.
+
+    ``results`` as :func:`class_curves` takes them. Returns ``{"metric", "iou_threshold", "sizes":
+    {size: {"mAP": float or None, "objects": int, "ap": {class: float or None}}}}``, JSON-ready; None
+    where no non-difficult object has that size (left out of the mean). "all" equals :func:`evaluate_by_class`
+    but for classes without any object, which it leaves out.
+    """
+    _check_metric(metric)
+    if len(results) != len(dataset.classes):
+        raise ValueError(f"{len(results)} classes of detections for the {len(dataset.classes)} classes of the data set")
+    check_split_images(dataset, {image_id for r in results for image_id in r.image_ids.tolist()})
+    ground_truth = _ground_truth_by_class(dataset)
+    sizes = {}
+    for size, area_range in SIZE_RANGES.items():
+        ap, objects = {}, 0
+        for name, r, truth in zip(dataset.classes, results, ground_truth):
+            count = sum(int(np.count_nonzero(~np.asarray(d, dtype=bool) & _in_range(g, area_range)))
+                        for g, d in truth.values())
+            objects += count
+            ap[name] = evaluate_class(r.image_ids, r.scores, r.boxes, truth, iou_threshold, metric,
+                                      area_range)[0] if count else None
+        present = [v for v in ap.values() if v is not None]
+        sizes[size] = {"mAP": float(np.mean(present)) if present else None, "objects": objects, "ap": ap}
+    return {"metric": metric, "iou_threshold": iou_threshold, "sizes": sizes}
+
+
+def format_size_table(result: dict) -> str:
+    """:func:`evaluate_by_size` as an aligned text table, in percent, a column per size ("–": no such object)."""
+    sizes = result["sizes"]
+    names = list(next(iter(sizes.values()))["ap"])
+    mean_label = f"mAP ({result['metric']})"
+    width = max([len("objects"), len(mean_label), *map(len, names)])
+    cell = max(8, *map(len, sizes))
+
+    def row(label: str, values) -> str:
+        return f"{label:<{width}}" + "".join(f"  {v:>{cell}}" for v in values)
+
+    def percent(value) -> str:
+        return "–" if value is None else f"{100 * value:.1f}"
+
+    rule = "-" * (width + (cell + 2) * len(sizes))
+    rows = [row("class", sizes), rule]
+    rows += [row(name, (percent(s["ap"][name]) for s in sizes.values())) for name in names]
+    rows += [rule, row(mean_label, (percent(s["mAP"]) for s in sizes.values())),
+             row("objects", (str(s["objects"]) for s in sizes.values()))]
+    return "\n".join(rows) + (f"\nAP at IoU {result['iou_threshold']:g} by box area: small under 32², medium "
+                               f"32² to 96², large over 96² pixels (COCO's ranges)")
 
 
 def format_ap_table(result: dict) -> str:
