@@ -198,6 +198,15 @@ def check_split_images(dataset: Dataset, image_ids) -> None:
                          f"of {dataset.root}, e.g. '{unknown[0]}'")
 
 
+def _checked_ground_truth(dataset: Dataset, results: list[ClassDetections], metric: str) -> list[GroundTruth]:
+    """The split's GT per class, once ``metric`` is known and ``results`` hold one entry per class of its images."""
+    _check_metric(metric)
+    if len(results) != len(dataset.classes):
+        raise ValueError(f"{len(results)} classes of detections for the {len(dataset.classes)} classes of the data set")
+    check_split_images(dataset, {image_id for r in results for image_id in r.image_ids.tolist()})
+    return _ground_truth_by_class(dataset)
+
+
 def class_curves(dataset: Dataset, results: list[ClassDetections], metric: str = "voc07",
                  iou_threshold: float = 0.5) -> dict[str, tuple[float, np.ndarray, np.ndarray]]:
     """Class name -> (AP, recall (M,), precision (M,)) of :func:`evaluate_class`, for every class.
@@ -205,11 +214,7 @@ def class_curves(dataset: Dataset, results: list[ClassDetections], metric: str =
     ``results[k]``: the detections of ``dataset.classes[k]``, in their file order. Images of the
     split without detections have none; an image outside the split is an error (:func:`check_split_images`).
     """
-    _check_metric(metric)
-    if len(results) != len(dataset.classes):
-        raise ValueError(f"{len(results)} classes of detections for the {len(dataset.classes)} classes of the data set")
-    check_split_images(dataset, {image_id for r in results for image_id in r.image_ids.tolist()})
-    ground_truth = _ground_truth_by_class(dataset)
+    ground_truth = _checked_ground_truth(dataset, results, metric)
     return {name: evaluate_class(r.image_ids, r.scores, r.boxes, ground_truth[label],
                                  iou_threshold=iou_threshold, metric=metric)
             for label, (name, r) in enumerate(zip(dataset.classes, results))}
@@ -243,11 +248,7 @@ def evaluate_by_size(dataset: Dataset, results: list[ClassDetections], metric: s
     where no non-difficult object has that size (left out of the mean). "all" equals :func:`evaluate_by_class`
     but for classes without any object, which it leaves out.
     """
-    _check_metric(metric)
-    if len(results) != len(dataset.classes):
-        raise ValueError(f"{len(results)} classes of detections for the {len(dataset.classes)} classes of the data set")
-    check_split_images(dataset, {image_id for r in results for image_id in r.image_ids.tolist()})
-    ground_truth = _ground_truth_by_class(dataset)
+    ground_truth = _checked_ground_truth(dataset, results, metric)
     sizes = {}
     for size, area_range in SIZE_RANGES.items():
         ap, objects = {}, 0
