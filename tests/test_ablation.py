@@ -58,7 +58,8 @@ def test_dataset_choices_are_the_generated_sets():
     choices = next(a.choices for a in ablation_parser._actions if a.dest == "dataset")
     assert tuple(choices) == tuple(sorted(GENERATED_SETS))
     assert GENERATED_SETS["realistic"].image_size == (500, 375) and GENERATED_SETS["realistic"].num_images == 150
-    assert GENERATED_SETS["realistic-small"].options == {"max_extent": 96}
+    assert GENERATED_SETS["realistic-small"].options == (("max_extent", 96),)
+    assert len({hash(g) for g in GENERATED_SETS.values()}) == len(GENERATED_SETS)  # frozen, hashable
 
 
 def test_generated_set_passes_its_options_and_names_the_call(tmp_path):
@@ -68,7 +69,7 @@ def test_generated_set_passes_its_options_and_names_the_call(tmp_path):
         calls.append((root, kwargs))
         return root / "VOC2007"
 
-    generated = GeneratedSet("Small", make, ("a",), (500, 375), 150, {"max_extent": 96})
+    generated = GeneratedSet("Small", make, ("a",), (500, 375), 150, (("max_extent", 96),))
     voc, made_by = generated.generate(tmp_path, 3, 2, (400, 300))
     assert voc == tmp_path / "VOC2007"
     assert calls == [(tmp_path, {"num_trainval": 3, "num_test": 3, "seed": 2, "image_size": (400, 300), "max_extent": 96})]

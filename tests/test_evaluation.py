@@ -599,7 +599,7 @@ def test_ap_by_size_by_hand(tmp_path, write_voc):
     table = format_size_table(result).splitlines()
     assert table[0].split() == ["class", "all", "small", "medium", "large"]
     assert table[2].split() == ["apple", "77.3", "50.0", "–", "100.0"]
-    assert table[-2].split() == ["objects", "2", "1", "0", "1"] and "COCO's ranges" in table[-1]
+    assert table[-2].split() == ["objects", "2", "1", "0", "1"] and "small 0 to 32², medium 32² to 96², large 96² to ∞" in table[-1]
 
 
 def test_sppnet_eval_by_size(tiny, tmp_path, capsys):
@@ -611,7 +611,7 @@ def test_sppnet_eval_by_size(tiny, tmp_path, capsys):
     args = ["eval", "--data", str(dataset.root), "--results", str(tmp_path / "results"), "--json", str(out)]
     assert main(args + ["--by-size"]) == 0
     printed = capsys.readouterr().out
-    assert "medium" in printed and "COCO's ranges" in printed
+    assert "medium" in printed and "COCO's thresholds" in printed
     written = json.loads(out.read_text())
     assert written["by_size"]["sizes"]["small"]["ap"] == {"apple": 1.0, "pear": pytest.approx(0.5)}
     assert main(args) == 0 and "by_size" not in json.loads(out.read_text())

@@ -22,10 +22,12 @@ metrics:
          counted as false positives, as in the VOC devkit (pycocotools measures overlap with
          them as intersection over the detection's area).
 
---by-size adds the AP at IoU 0.5 (voc07 or voc10) of small, medium and large objects, by COCO's
-areas (under 32², 32² to 96², over 96² pixels): objects of other sizes are ignored as difficult ones
-are, and detections of other sizes that find nothing are not counted as false positives; a class
-without objects of a size has no AP there ("–") and stays out of that size's mAP.
+--by-size adds the AP at IoU 0.5 (voc07 or voc10) of small, medium and large objects by box area,
+with COCO's thresholds (up to 32², 32² to 96², from 96² pixels): objects of other sizes are ignored
+as difficult ones are, and detections of other sizes that find nothing are not counted as false
+positives; a class without objects of a size has no AP there ("–") and stays out of that size's
+mAP. Matching stays the devkit's, so the numbers can differ a little from COCOeval's own
+(detection/evaluation/voc_eval.py says where).
 
 --plot DIR writes pr_<class>.png per class, pr_all.png and pr_curves.csv (PNG needs matplotlib, the
 `plots` extra): precision against recall at IoU 0.5

@@ -297,7 +297,8 @@ def make_realistic_dataset(root: str | Path, num_trainval: int = 150, num_test: 
     """Write (or reuse) the realistic data set under ``root/VOC2007`` and return that path.
 
     ``image_size`` is (width, height). ``max_extent``: the longest an object's box may be, in pixels
-    (None: half the image's longer side). Splits ``trainval`` (``train``, ``val`` its halves) and
+    (None: half the image's longer side, also its upper bound; at least twice FIRST_MIN_EXTENT, so that
+    the first object of an image, never under FIRST_MIN_EXTENT, still varies in size). Splits ``trainval`` (``train``, ``val`` its halves) and
     ``test``; the parameters are recorded in ``root/realistic_dataset.json`` and matching files reused.
     """
     width, height = image_size
@@ -306,10 +307,7 @@ def make_realistic_dataset(root: str | Path, num_trainval: int = 150, num_test: 
     if min(width, height) < 4 * FIRST_MIN_EXTENT:
         raise ValueError(f"make_realistic_dataset: image_size {image_size} is too small (at least "
                          f"{4 * FIRST_MIN_EXTENT} px a side)")
-    max_extent = MAX_EXTENT_FRACTION * max(width, height) if max_extent is None else float(max_extent)
-    if not 2 * FIRST_MIN_EXTENT <= max_extent <= MAX_EXTENT_FRACTION * max(width, height):
-        raise ValueError(f"make_realistic_dataset: max_extent {max_extent:g} is outside [{2 * FIRST_MIN_EXTENT}, "
-                         f"{MAX_EXTENT_FRACTION * max(width, height):g}] (half the image's longer side) px")
+    max_extent = _checked_max_extent(max_extent, image_size)
     _skimage_data()  # fail before writing anything when scikit-image is missing
     params = {"generator_version": GENERATOR_VERSION, "num_trainval": num_trainval, "num_test": num_test,
               "seed": seed, "image_size": [width, height], "max_extent": max_extent}
@@ -319,6 +317,16 @@ def make_realistic_dataset(root: str | Path, num_trainval: int = 150, num_test: 
                                     max_extent)
 
     return write_generated_dataset(root, params, PARAMS_FILE, "sppnet realistic", draw)
+
+
+def _checked_max_extent(max_extent: float | None, size: tuple[int, int]) -> float:
+    """``max_extent`` in pixels (None: half the longer side of ``size``), or ValueError when out of range."""
+    largest = MAX_EXTENT_FRACTION * max(size)
+    max_extent = largest if max_extent is None else float(max_extent)
+    if not 2 * FIRST_MIN_EXTENT <= max_extent <= largest:
+        raise ValueError(f"make_realistic_dataset: max_extent {max_extent:g} is outside [{2 * FIRST_MIN_EXTENT}, "
+                         f"{largest:g}] (half the image's longer side) px")
+    return max_extent
 
 
 @dataclass
@@ -344,8 +352,7 @@ def draw_realistic_image(rng: np.random.Generator, size: tuple[int, int], first_
     candidates = [b for b in BACKGROUNDS if b[0] != CLASSES[first_class].photo]
     background = candidates[rng.integers(len(candidates))]
     image = _background(rng, background, size)
-    if max_extent is None:
-        max_extent = MAX_EXTENT_FRACTION * max(size)
+    max_extent = _checked_max_extent(max_extent, size)
     for _ in range(int(rng.integers(0, 3))):
         name = sorted(DISTRACTORS)[rng.integers(len(DISTRACTORS))]
         sprites = distractor_sprites(name)

@@ -26,11 +26,15 @@ unless every detection of the class hits a difficult box, where the devkit gives
 A class without any non-difficult GT box has no defined recall; its AP is reported as 0.0 (the
 devkit's 11-point value there) and, as in py-faster-rcnn's ``np.mean(aps)``, counts in the mAP.
 
-AP by object size (:func:`evaluate_by_size`, not in the devkit) follows COCOeval's area ranges
-(:data:`SIZE_RANGES`, areas of the +1-inclusive boxes): GT boxes outside the range are ignored as
-difficult ones are, and a detection outside it that matches nothing it could count for is dropped
-rather than counted as a false positive. A class with no object of a size has no AP at that size
-and stays out of that size's mAP, as COCOeval leaves it out.
+AP by object size (:func:`evaluate_by_size`, not in the devkit) takes COCOeval's area thresholds
+(:data:`SIZE_RANGES`, closed at both ends as there) over the +1-inclusive box areas (not a COCO
+annotation's mask ``area``): GT boxes outside the range are ignored as difficult ones are, and a
+detection outside it that is not a true positive is dropped rather than counted as a false
+positive, as COCOeval drops it. The matching stays the devkit's: a detection takes its best-IoU
+box even when that box is ignored, and any number of detections on an ignored box are ignored.
+COCOeval's greedy matching differs there: it tries in-range boxes first and lets an out-of-range
+box absorb one detection (the next one on it is a false positive). A class with no object of a
+size has no AP at that size and stays out of that size's mAP, as COCOeval leaves it out.
 """
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ METRICS = ("voc07", "voc10")
 _K = np.arange(11)
 ELEVEN_POINTS = np.where(_K <= 5, _K * 0.1, 1 - (10 - _K) * 0.1)
 
-# COCOeval's areaRng (pixels²): small under 32², medium to 96², large above; "all" is every box
+# COCOeval's areaRng (pixels², closed ranges): small up to 32², medium 32² to 96², large from 96²
 SIZE_RANGES = {"all": (0.0, np.inf), "small": (0.0, 32.0 ** 2), "medium": (32.0 ** 2, 96.0 ** 2),
                "large": (96.0 ** 2, np.inf)}
 
@@ -282,8 +286,17 @@ def format_size_table(result: dict) -> str:
     rows += [row(name, (percent(s["ap"][name]) for s in sizes.values())) for name in names]
     rows += [rule, row(mean_label, (percent(s["mAP"]) for s in sizes.values())),
              row("objects", (str(s["objects"]) for s in sizes.values()))]
-    return "\n".join(rows) + (f"\nAP at IoU {result['iou_threshold']:g} by box area: small under 32², medium "
-                               f"32² to 96², large over 96² pixels (COCO's ranges)")
+    bounds = ", ".join(f"{size} {_pixels(low)} to {_pixels(high)}" for size, (low, high) in SIZE_RANGES.items()
+                       if size != "all")
+    return "\n".join(rows) + (f"\nAP at IoU {result['iou_threshold']:g} by box area in pixels² ({bounds}; "
+                               f"COCO's thresholds, ends included)")
+
+
+def _pixels(area: float) -> str:
+    """A :data:`SIZE_RANGES` bound as the square it is: 1024.0 -> '32²', inf -> '∞', 0 -> '0'."""
+    if np.isinf(area) or area == 0:
+        return "∞" if area else "0"
+    return f"{np.sqrt(area):g}²"
 
 
 def format_ap_table(result: dict) -> str:

@@ -70,13 +70,13 @@ class GeneratedSet:
     classes: tuple[str, ...]
     image_size: tuple[int, int]  # (width, height)
     num_images: int  # per split
-    options: dict = field(default_factory=dict)
+    options: tuple[tuple[str, object], ...] = ()  # more keyword arguments of ``make``, as (name, value) pairs
 
     def generate(self, root: Path, count: int, seed: int, image_size: tuple[int, int]) -> tuple[Path, str]:
         """Write (or reuse) ``count`` + ``count`` images under ``root``: the VOC dir and the call that made it."""
         width, height = image_size
-        voc = self.make(root, num_trainval=count, num_test=count, seed=seed, image_size=image_size, **self.options)
-        options = "".join(f", {key}={value!r}" for key, value in self.options.items())
+        voc = self.make(root, num_trainval=count, num_test=count, seed=seed, image_size=image_size, **dict(self.options))
+        options = "".join(f", {key}={value!r}" for key, value in self.options)
         return voc, (f"`{self.make.__name__}(num_trainval={count}, num_test={count}, seed={seed}, "
                      f"image_size=({width}, {height}){options})`")
 
@@ -87,7 +87,7 @@ GENERATED_SETS = {
     "realistic": GeneratedSet("Realistic set", make_realistic_dataset, REALISTIC_CLASSES, (500, 375), 150),
     # the same with objects of at most 96 px, like the report's "small real objects"
     "realistic-small": GeneratedSet("Realistic set, small objects", make_realistic_dataset, REALISTIC_CLASSES,
-                                    (500, 375), 150, {"max_extent": SMALL_OBJECTS_MAX_EXTENT}),
+                                    (500, 375), 150, (("max_extent", SMALL_OBJECTS_MAX_EXTENT),)),
 }
 
 # VOC's IoU 0.5 barely notices box regression on the demo's tight boxes; a stricter match shows it
