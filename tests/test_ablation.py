@@ -2,7 +2,16 @@
 markers that a rerun replaces, leaving hand-written text alone."""
 import pytest
 
-from detection.runs.ablation import GENERATED_SETS, ROWS, GeneratedSet, write_markdown_section
+from detection.runs.ablation import (
+    GENERATED_SETS,
+    ROWS,
+    AblationColumn,
+    CellResult,
+    ColumnResult,
+    GeneratedSet,
+    size_table,
+    write_markdown_section,
+)
 from tools.cli import build_parser, main
 
 
@@ -32,6 +41,25 @@ def test_ablation_command_writes_every_row(tmp_path, capsys):
     for needle in ("machine:", "date:", "command:", "fine-tuning", "| SVMs on ftfc7 |", "| test ftfc7 + bb"):
         assert needle in text
     assert capsys.readouterr().out.count("mAP") == len(ROWS)
+    sizes = text[text.index("| features | 1-scale small ("):].split("\n\n")[0].splitlines()
+    assert [line.split("|")[1].strip() for line in sizes[2:]] == [row.name for row in ROWS]
+    assert all(len(line.split("|")) == 6 for line in sizes)  # features, small, medium, large
+
+
+def test_size_table_groups_sizes_under_each_column():
+    def cell(row, column, small, medium):
+        return CellResult(row, column, "pool5", {}, 0.0, {}, 0.0, by_size={
+            "all": {"mAP": 0.5, "objects": 3}, "small": {"mAP": small, "objects": 1},
+            "medium": {"mAP": medium, "objects": 2}, "large": {"mAP": None, "objects": 0}})
+
+    one = ColumnResult(AblationColumn("1-scale", (688,)), 2, 2, 0.0, [cell("pool5", "1-scale", 0.25, 0.5)])
+    five = ColumnResult(AblationColumn("5-scale", (480,)), 2, 2, 0.0, [cell("pool5", "5-scale", 1.0, 0.75),
+                                                                      cell("fc6", "5-scale", 0.0, 0.125)])
+    lines = size_table([one, five]).splitlines()
+    assert lines[0] == ("| features | 1-scale small (1) | 1-scale medium (2) | 1-scale large (0) | "
+                        "5-scale small (1) | 5-scale medium (2) | 5-scale large (0) |")
+    assert lines[2] == "| pool5 | 25.0 | 50.0 | – | 100.0 | 75.0 | – |"
+    assert lines[3] == "| fc6 | – | – | – | 0.0 | 12.5 | – |"
 
 
 @pytest.mark.slow

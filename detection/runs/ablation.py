@@ -21,7 +21,8 @@ import torch
 
 from detection.core.cache import Cache, atomic_write_bytes
 from detection.core.config import FIVE_SCALES, FRESH_FC_WIDTH, SINGLE_SCALE, SPPConfig
-from detection.evaluation.voc_eval import evaluate_detections
+from detection.core.detections import by_class
+from detection.evaluation.voc_eval import SIZE_RANGES, evaluate_by_size, evaluate_detections
 from detection.data.demo import DEMO_CLASSES, make_demo_dataset
 from detection.data.realistic import REALISTIC_CLASSES, SMALL_OBJECTS_MAX_EXTENT, make_realistic_dataset
 from detection.runs.test import detect_dataset, record_maps
@@ -104,6 +105,7 @@ class CellResult:
     train_s: dict[str, float]  # stages this cell computed (shared ones only in the first cell needing them)
     test_s: float  # detection (pooling, fc, SVMs, NMS, regression) and evaluation; maps were cached
     finetune_history: list[dict] = field(default_factory=list)
+    by_size: dict = field(default_factory=dict)  # evaluate_by_size's "sizes": mAP, objects, AP per size
 
 
 @dataclass
@@ -160,8 +162,9 @@ def run_ablation(config: SPPConfig, train_set: VOCDataset, test_set: VOCDataset,
             log(f"ablation: {row.name}, {column.name}: mAP {100 * metrics['mAP']:.1f} "
                 f"({100 * strict:.1f} at IoU {STRICT_IOU})")
             history = trainer.finetune_history() if row.feature_layer.startswith("ft") else []
+            by_size = evaluate_by_size(test, by_class(detections, len(test.classes)))["sizes"]
             cells.append(CellResult(row.name, column.name, row.feature_layer, metrics, strict, dict(trainer.timings),
-                                    test_s, history))
+                                    test_s, history, by_size))
         results.append(ColumnResult(column, len(train), len(test), test_conv_s, cells))
     return AblationResult(proposals_s, results)
 
@@ -212,6 +215,23 @@ def map_table(results: list[ColumnResult], strict: bool = False) -> str:
         values = [_cell(results, row, n) for n in names]
         lines.append(f"| {row} | " + " | ".join(
             "–" if c is None else f"{100 * (c.strict_map if strict else c.metrics['mAP']):.1f}" for c in values) + " |")
+    return "\n".join(lines)
+
+
+def size_table(results: list[ColumnResult]) -> str:
+    """mAP at IoU 0.5 of small, medium and large objects (:func:`~detection.evaluation.voc_eval.evaluate_by_size`)
+    per row, a group of columns per number of scales; the header counts each size's objects."""
+    sizes = [size for size in SIZE_RANGES if size != "all"]
+    rows = list(dict.fromkeys(cell.row for r in results for cell in r.cells))
+    header = [f"{r.column.name} {size} ({r.cells[0].by_size[size]['objects']})" for r in results for size in sizes]
+    lines = ["| features | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    for row in rows:
+        values = []
+        for result in results:
+            cell = _cell([result], row, result.column.name)
+            values += ["–" if cell is None or cell.by_size[size]["mAP"] is None
+                       else f"{100 * cell.by_size[size]['mAP']:.1f}" for size in sizes]
+        lines.append(f"| {row} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 
 
@@ -296,6 +316,12 @@ def report(result: AblationResult, title: str, dataset: str, config: SPPConfig, 
         f"The same detections scored at IoU ≥ {STRICT_IOU} (localisation):",
         "",
         map_table(columns, strict=True),
+        "",
+        "mAP at IoU 0.5 by object size (box area: small up to 32², medium 32² to 96², large from 96² "
+        "pixels, as `sppnet eval --by-size`; the number of test objects of each size in brackets; "
+        "–: no object of that size):",
+        "",
+        size_table(columns),
         "",
         f"Wall time per stage, in seconds. Selective search, which does not depend on the scales, ran once "
         f"before the columns: {proposals}. Within a column, a stage shared by several rows (conv maps, "
