@@ -348,11 +348,11 @@ def draw_realistic_image(rng: np.random.Generator, size: tuple[int, int], first_
     The first object is of ``first_class`` (never tiny nor truncated), so cycling it over the
     images puts every class into every split of at least ``len(REALISTIC_CLASSES)`` images.
     """
+    max_extent = _checked_max_extent(max_extent, size)
     # the background's photograph is the source of none of the image's objects
     candidates = [b for b in BACKGROUNDS if b[0] != CLASSES[first_class].photo]
     background = candidates[rng.integers(len(candidates))]
     image = _background(rng, background, size)
-    max_extent = _checked_max_extent(max_extent, size)
     for _ in range(int(rng.integers(0, 3))):
         name = sorted(DISTRACTORS)[rng.integers(len(DISTRACTORS))]
         sprites = distractor_sprites(name)

@@ -286,10 +286,14 @@ def format_size_table(result: dict) -> str:
     rows += [row(name, (percent(s["ap"][name]) for s in sizes.values())) for name in names]
     rows += [rule, row(mean_label, (percent(s["mAP"]) for s in sizes.values())),
              row("objects", (str(s["objects"]) for s in sizes.values()))]
+    return "\n".join(rows) + f"\nAP at IoU {result['iou_threshold']:g} by {size_ranges_text()}"
+
+
+def size_ranges_text() -> str:
+    """The :data:`SIZE_RANGES` in words, for a table's legend."""
     bounds = ", ".join(f"{size} {_pixels(low)} to {_pixels(high)}" for size, (low, high) in SIZE_RANGES.items()
                        if size != "all")
-    return "\n".join(rows) + (f"\nAP at IoU {result['iou_threshold']:g} by box area in pixels² ({bounds}; "
-                               f"COCO's thresholds, ends included)")
+    return f"box area in pixels² ({bounds}; COCO's thresholds, ends included)"
 
 
 def _pixels(area: float) -> str:

@@ -22,7 +22,7 @@ import torch
 from detection.core.cache import Cache, atomic_write_bytes
 from detection.core.config import FIVE_SCALES, FRESH_FC_WIDTH, SINGLE_SCALE, SPPConfig
 from detection.core.detections import by_class
-from detection.evaluation.voc_eval import SIZE_RANGES, evaluate_by_size, evaluate_detections
+from detection.evaluation.voc_eval import SIZE_RANGES, evaluate_by_size, evaluate_detections, size_ranges_text
 from detection.data.demo import DEMO_CLASSES, make_demo_dataset
 from detection.data.realistic import REALISTIC_CLASSES, SMALL_OBJECTS_MAX_EXTENT, make_realistic_dataset
 from detection.runs.test import detect_dataset, record_maps
@@ -317,9 +317,8 @@ def report(result: AblationResult, title: str, dataset: str, config: SPPConfig, 
         "",
         map_table(columns, strict=True),
         "",
-        "mAP at IoU 0.5 by object size (box area: small up to 32², medium 32² to 96², large from 96² "
-        "pixels, as `sppnet eval --by-size`; the number of test objects of each size in brackets; "
-        "–: no object of that size):",
+        f"mAP at IoU 0.5 by object size, as `sppnet eval --by-size`: {size_ranges_text()}; the number of test "
+        "objects of each size in brackets; –: no object of that size:",
         "",
         size_table(columns),
         "",
