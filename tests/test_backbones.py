@@ -13,6 +13,8 @@ from torch import nn
 from features.backbones import (
     BACKBONES,
     Backbone,
+    PadToMultiple,
+    StageConcat,
     WeightsError,
     WithinChannelLRN,
     build_backbone,
@@ -24,6 +26,7 @@ from features.receptive_field import conv_geometry, measure_receptive_field
 EXPECTED = {
     "efficientnet_lite0": (112, 16, 15.0, 224),
     "efficientnet_lite0_s32": (320, 32, 31.0, 224),
+    "efficientnet_lite0_s16+s32": (112 + 320, 16, 15.0, 224),  # the stride-16 grid
     "alexnet": (256, 16, 15.0, 227),
     "vgg16": (512, 16, 7.5, 224),
     "zf5": (256, 16, 20.0, 227),  # the official code's 21, 1-based
@@ -54,9 +57,10 @@ def offline_hub(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
 
 
-# efficientnet_lite0_s32 is left out: its field (851 px) makes the measurement minutes of CPU; its
+# The stride-32 stage is left out: its field (851 px) makes the measurement minutes of CPU; its
 # layers are the stride-16 body's kinds (checked above) and its analytic numbers are pinned below.
-@pytest.mark.parametrize("name", [b for b in BACKBONES if b != "efficientnet_lite0_s32"])
+# How two stages are put on one grid is measured on small layers (test_stage_concat_*).
+@pytest.mark.parametrize("name", [b for b in BACKBONES if "s32" not in b])
 def test_receptive_field_numbers_analytic_equal_measured(backbones, name):
     body = backbones[name].body
     stride, centre, _ = conv_geometry(body)
@@ -80,7 +84,9 @@ def test_geometry_channels_and_output_shape(backbones, name):
 def test_receptive_field_sizes(backbones):
     sizes = {name: backbone.receptive_field for name, backbone in backbones.items()}
     # zf5: 139 from the convs and pools, widened by the two 3×3 LRN neighbourhoods to 159.
-    assert sizes == {"efficientnet_lite0": 339, "efficientnet_lite0_s32": 851, "alexnet": 163, "vgg16": 196, "zf5": 159}
+    # s16+s32: a fine cell between two coarse ones sees both coarse cells' fields, 851 + 32.
+    assert sizes == {"efficientnet_lite0": 339, "efficientnet_lite0_s32": 851, "efficientnet_lite0_s16+s32": 883,
+                     "alexnet": 163, "vgg16": 196, "zf5": 159}
 
 
 def test_pretrained_heads_match_their_grid(backbones):
@@ -91,7 +97,7 @@ def test_pretrained_heads_match_their_grid(backbones):
         assert [type(m) for m in head] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU]
         assert head[0].in_features == backbone.channels * grid * grid
         assert head[3].out_features == 4096
-    for name in ("efficientnet_lite0", "efficientnet_lite0_s32", "zf5"):
+    for name in ("efficientnet_lite0", "efficientnet_lite0_s32", "efficientnet_lite0_s16+s32", "zf5"):
         assert backbones[name].pretrained_head is None and backbones[name].head_grid is None
 
 
@@ -142,6 +148,56 @@ def test_efficientnet_stride_32_continues_the_stride_16_body(backbones):
     s16, s32 = backbones["efficientnet_lite0"].body, backbones["efficientnet_lite0_s32"].body
     assert all(torch.equal(v, s32.state_dict()[k]) for k, v in s16.state_dict().items())  # same weights, a prefix
     assert len(s32.blocks) == len(s16.blocks) + 2 and s32.pad.multiple == 32
+
+
+def _coarse_on_fine_grid_reference(coarse: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """(C, h, w) -> (C, rows, cols), one cell at a time: fine cell i is at coarse position (i - 1) / 2
+    (coarse cell j centred on fine cell 2j + 1), linearly interpolated, clamped at the first cell."""
+    out = torch.empty(coarse.shape[0], rows, cols)
+    for i in range(rows):
+        for k in range(cols):
+            y, x = max((i - 1) / 2, 0.0), max((k - 1) / 2, 0.0)
+            corners = [(int(np.floor(y)), int(np.ceil(y))), (int(np.floor(x)), int(np.ceil(x)))]
+            out[:, i, k] = sum(coarse[:, r, c] for r in corners[0] for c in corners[1]) / 4
+    return out
+
+
+def test_efficientnet_both_stages_on_the_stride_16_grid(backbones):
+    both, s16, s32 = (backbones[name] for name in ("efficientnet_lite0_s16+s32", "efficientnet_lite0",
+                                                    "efficientnet_lite0_s32"))
+    x = torch.randn(1, 3, 160, 224, generator=torch.Generator().manual_seed(4))  # sides multiples of 32
+    with torch.no_grad():
+        features, fine, coarse = both(x), s16(x), s32(x)
+    assert features.shape == (1, 432, 10, 14)
+    torch.testing.assert_close(features[:, :112], fine, rtol=0, atol=0)  # the same weights
+    torch.testing.assert_close(features[0, 112:], _coarse_on_fine_grid_reference(coarse[0], 10, 14))
+    assert torch.equal(features[:, 112:, 1::2, 1::2], coarse)  # where a coarse cell is centred, itself
+    # an image side that is not a multiple of 32 is padded to one: the map covers ceil(side / 32) coarse cells
+    with torch.no_grad():
+        assert both(torch.zeros(1, 3, 100, 70)).shape == (1, 432, 8, 6)
+
+
+def _stage_pair(coarse_padding: int) -> tuple[nn.Module, nn.Module]:
+    """A stride-2 fine stage and a stride-2 coarse stage after it, small enough to measure."""
+    torch.manual_seed(7)
+    fine = nn.Sequential(PadToMultiple(4), nn.Conv2d(3, 3, 3, stride=2, padding=1), nn.ReLU())
+    # TensorFlow "SAME" for even sizes: the odd padding pixel at the end, so coarse cell j is centred
+    # on fine cell 2j + 1, as EfficientNet's; symmetric padding 1 centres it on fine cell 2j instead
+    pad = nn.ZeroPad2d((0, 1, 0, 1)) if coarse_padding == 0 else nn.Identity()
+    return fine, nn.Sequential(pad, nn.Conv2d(3, 4, 3, stride=2, padding=coarse_padding), nn.ReLU())
+
+
+def test_stage_concat_geometry_is_the_fine_stages_measured():
+    concat = StageConcat(*_stage_pair(coarse_padding=0))
+    stride, centre, field = concat.geometry
+    assert (stride, centre, field, concat.channels) == (2, 0.0, 7 + 4, 3 + 4)  # the coarse field, widened by one coarse stride
+    # the gradients of the whole map's cells, coarse channels included, are centred on c0 + i·S
+    assert measure_receptive_field(concat, (3, 48, 48), samples=3) == (stride, centre)
+
+
+def test_stage_concat_refuses_stages_it_cannot_align():
+    with pytest.raises(ValueError, match="not centred on every second cell"):
+        StageConcat(*_stage_pair(coarse_padding=1))
 
 
 def test_efficientnet_local_weights_by_position(backbones):
@@ -220,7 +276,8 @@ def test_backbone_state_dict_round_trip(backbones):
 
 
 def test_unknown_backbone_lists_choices():
-    with pytest.raises(ValueError, match="efficientnet_lite0, efficientnet_lite0_s32, alexnet, vgg16, zf5"):
+    with pytest.raises(ValueError, match=r"efficientnet_lite0, efficientnet_lite0_s32, efficientnet_lite0_s16\+s32, "
+                                         r"alexnet, vgg16, zf5"):
         build_backbone("resnet50")
 
 

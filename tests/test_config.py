@@ -39,7 +39,8 @@ SECTIONS = (ProposalConfig, FeatureConfig, FinetuneConfig, SVMConfig, BBoxConfig
     # names, types and the rest of the tree
     (ProposalConfig, {"mode": "slow"}, "proposals.mode: must be one of rcnn_fast, opencv_fast, quality, got 'slow'"),
     (FeatureConfig, {"backbone": "resnet50"},
-     "features.backbone: must be one of efficientnet_lite0, efficientnet_lite0_s32, alexnet, vgg16, zf5, got 'resnet50'"),
+     "features.backbone: must be one of efficientnet_lite0, efficientnet_lite0_s32, efficientnet_lite0_s16+s32, "
+     "alexnet, vgg16, zf5, got 'resnet50'"),
     (FeatureConfig, {"scales": ()}, "features.scales: must be a non-empty list of integers >= 1, got "),
     (FeatureConfig, {"scales": (688.5,)}, "features.scales: must be a list of integers, got 688.5"),
     (FinetuneConfig, {"hidden": 1.5}, "finetune.hidden: must be an integer, got 1.5"),
