@@ -136,6 +136,20 @@ def test_benchmark_takes_only_test_time_options(tmp_path, capsys):
     assert "--set test.head_precision: needs --model" in capsys.readouterr().err
 
 
+def test_benchmark_times_a_one_scale_model_at_its_own_scale(tmp_path):
+    voc = make_demo_dataset(tmp_path / "data", num_trainval=1, num_test=1, seed=2)
+    tiny = ["--data", str(voc), "--split", "test", "--num-images", "1", "--max-proposals", "4",
+            "--rcnn-batch-size", "4", "--scales", "120,160", "--device", "cpu", "--threads", "1", "--quiet"]
+    for scales, row in (((144,), [144]), ((120, 200), [688])):  # a multi-scale model: the paper's single scale
+        model = tmp_path / f"model{len(scales)}.pt"
+        Detector.untrained(SPPConfig().replace(features={"scales": scales}), ("a", "b"), "cpu").save(model)
+        assert main(["benchmark", "--model", str(model), "--json", str(tmp_path / "bench.json"), *tiny]) == 0
+        assert json.loads((tmp_path / "bench.json").read_text())["spp_1scale"]["scales"] == row
+    assert main(["benchmark", "--model", str(model), "--single-scale", "100", "--json", str(tmp_path / "bench.json"),
+                 *tiny]) == 0
+    assert json.loads((tmp_path / "bench.json").read_text())["spp_1scale"]["scales"] == [100]
+
+
 @pytest.mark.slow
 def test_benchmark_command_writes_the_report(tmp_path, capsys):
     voc = make_demo_dataset(tmp_path / "data", num_trainval=1, num_test=2, seed=2)

@@ -53,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "proposals.max_proposals (default: %(default)s)")
     parser.add_argument("--scales", type=parse_scales, default=FIVE_SCALES,
                         help="the multi-scale SPP row: 5 (480,576,688,864,1200) or a comma list (default: 5)")
-    parser.add_argument("--single-scale", type=int_at_least(1), default=SINGLE_SCALE[0],
-                        help="the 1-scale SPP row's shorter side (default: %(default)s)")
+    parser.add_argument("--single-scale", type=int_at_least(1), default=None,
+                        help="the 1-scale SPP row's shorter side (default: the scale of a model trained at one, "
+                             f"else {SINGLE_SCALE[0]})")
     parser.add_argument("--rcnn-batch-size", type=int_at_least(1), default=None,
                         help="R-CNN crops per conv batch (default: the model's, 128)")
     parser.add_argument("--pass-fraction", type=float, default=PASS_FRACTION,
@@ -71,6 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the report as JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     add_test_time_set_argument(parser)
+
+
+def _one_scale(scales: tuple[int, ...]) -> int:
+    """The 1-scale row's side for a detector of these scales: its own when it has one, else the paper's."""
+    return scales[0] if len(scales) == 1 else SINGLE_SCALE[0]
 
 
 def _image_paths(args: argparse.Namespace) -> list[str]:
@@ -117,7 +123,8 @@ def _benchmark(args: argparse.Namespace) -> int:
         detector, random_svms = Detector.untrained(config, VOC_CLASSES, device, seed=args.seed), True
     detector = with_amp(detector, args.amp)
     images = [load_image(path) for path in _image_paths(args)[: args.num_images]]
-    settings = BenchmarkSettings(proposals=args.max_proposals, warmup=args.warmup, single_scale=(args.single_scale,),
+    single_scale = args.single_scale or _one_scale(detector.config.features.scales)
+    settings = BenchmarkSettings(proposals=args.max_proposals, warmup=args.warmup, single_scale=(single_scale,),
                                  multi_scale=args.scales, rcnn_images=args.rcnn_images,
                                  rcnn_batch_size=args.rcnn_batch_size, pass_fraction=args.pass_fraction)
     report = run_benchmark(detector, images, settings, random_svms=random_svms,
