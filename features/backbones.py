@@ -21,6 +21,7 @@ Choices (``BACKBONES``):
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -121,7 +122,8 @@ class StageConcat(nn.Module):
         if coarse_stride != 2 * fine_stride or coarse_centre != fine_centre + fine_stride:
             raise ValueError(f"the coarse stage (stride {coarse_stride}, c0 {coarse_centre}) is not centred on every "
                              f"second cell of the fine one (stride {fine_stride}, c0 {fine_centre})")
-        # The fine cells between two coarse ones see both coarse cells' fields.
+        # (S, c0, receptive field) of the map: the fine stage's grid; the fine cells between two
+        # coarse ones see both coarse cells' fields, one coarse stride wider than one
         self.geometry = fine_stride, fine_centre, coarse_field + coarse_stride
         self.channels = sum(_output_channels(stage) for stage in (fine, coarse))
 
@@ -133,13 +135,15 @@ class StageConcat(nn.Module):
 
 
 def _between_and_on(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Along ``dim`` (-1 or -2), each cell j as the pair (mean of j - 1 and j, j): size n -> 2n."""
+    """Along ``dim`` (-1 or -2), each cell j as the pair (mean of j - 1 and j, j), cell 0's pair
+    (0, 0) (nothing lies before it): size n -> 2n."""
     after = (slice(None),) * (-1 - dim)  # slices, not sizes, so an exported graph fits every size
     previous = torch.cat([x[(..., slice(None, 1), *after)], x[(..., slice(None, -1), *after)]], dim=dim)
     return torch.stack([(previous + x) / 2, x], dim=dim).flatten(dim - 1, dim)
 
 
 def _output_channels(body: nn.Module) -> int:
+    """Channels of the last convolution in ``body``: those of its output map."""
     return [m for m in body.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
 
@@ -179,6 +183,13 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) preprocessed float -> (B, channels, H', W') conv features."""
         return self.body(x)
+
+    def map_cells(self, side: int) -> int:
+        """At most this many cells along an input side of ``side`` pixels: ceil(side / S) (exactly,
+        for a body that pads to a multiple of S), or 2·ceil(side / 2S) for a :class:`StageConcat`,
+        whose input is padded to a multiple of 2S."""
+        multiple = 2 if isinstance(self.body, StageConcat) else 1
+        return multiple * math.ceil(side / (multiple * self.stride))
 
     def convolve(self, x: torch.Tensor, amp: torch.dtype | None = None) -> torch.Tensor:
         """:meth:`forward` with an optional mixed precision: under autocast to ``amp`` (bf16/fp16) the
@@ -266,6 +277,7 @@ def _build_efficientnet_lite0(weights: Path | None, pretrained: bool, reduction:
     elif pretrained:
         path = _packaged_efficientnet_lite0()
         _load_by_position(model, _read_state_dict(path), str(path))
+
     def blocks_to(stride: int) -> int:  # how many blocks reach that stride: 5 ("blocks.4") at 16
         return int(next(info["module"] for info in model.feature_info if info["reduction"] == stride).split(".")[1]) + 1
 
@@ -279,9 +291,8 @@ def _build_efficientnet_lite0(weights: Path | None, pretrained: bool, reduction:
         body = StageConcat(body, model.blocks[blocks_to(reduction):blocks_to(2 * reduction)])
     # timm's own statistics for these weights: mean = std = 0.5 on [0, 1], TensorFlow's (x - 127.5) / 127.5.
     cfg = model.pretrained_cfg
-    name = "efficientnet_lite0" if reduction == 16 else f"efficientnet_lite0_s{reduction}"
-    if both:
-        name = f"efficientnet_lite0_s{reduction}+s{2 * reduction}"
+    suffix = f"_s{reduction}+s{2 * reduction}" if both else "" if reduction == 16 else f"_s{reduction}"
+    name = f"efficientnet_lite0{suffix}"
     return Backbone(name, body, crop_size=224, pixel_mean=tuple(255 * m for m in cfg["mean"]),
                     pixel_std=tuple(255 * s for s in cfg["std"]))
 

@@ -160,12 +160,12 @@ class SPPFeatureExtractor:
     def cache_bytes(self, height: int, width: int) -> int:
         """An upper bound on the bytes one image's cached maps take (every scale; the header aside).
 
-        A map has at most ceil(side / S) cells a side at the scaled size (``PadToMultiple`` gives
-        exactly that; unpadded networks a little less).
+        A map has at most :meth:`~features.backbones.Backbone.map_cells` cells a side at the scaled
+        size (exactly that for the padded EfficientNet bodies; unpadded networks a little less).
         """
         total = 0
         for factor in image_scale_factors(height, width, self.config.scales).tolist():
-            rows, cols = (math.ceil(max(1, round(side * factor)) / self.backbone.stride) for side in (height, width))
+            rows, cols = (self.backbone.map_cells(max(1, round(side * factor))) for side in (height, width))
             total += self.backbone.channels * rows * cols * CACHE_PRECISIONS[self.config.cache_precision]
             if self.config.cache_precision == "int8":
                 total += 4 * self.backbone.channels  # the float32 step of each channel

@@ -123,7 +123,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         detector, random_svms = Detector.untrained(config, VOC_CLASSES, device, seed=args.seed), True
     detector = with_amp(detector, args.amp)
     images = [load_image(path) for path in _image_paths(args)[: args.num_images]]
-    single_scale = args.single_scale or _one_scale(detector.config.features.scales)
+    single_scale = _one_scale(detector.config.features.scales) if args.single_scale is None else args.single_scale
     settings = BenchmarkSettings(proposals=args.max_proposals, warmup=args.warmup, single_scale=(single_scale,),
                                  multi_scale=args.scales, rcnn_images=args.rcnn_images,
                                  rcnn_batch_size=args.rcnn_batch_size, pass_fraction=args.pass_fraction)

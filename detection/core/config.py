@@ -46,8 +46,9 @@ FRESH_FC_WIDTH = 512
 # §5: selective search's fast mode as R-CNN ran it, OpenCV's fast mode, or quality mode (ProposalConfig.mode)
 ProposalMode = Literal["rcnn_fast", "opencv_fast", "quality"]
 FeatureMode = Literal["spp", "rcnn"]
-BackboneName = Literal["efficientnet_lite0", "efficientnet_lite0_s32", "efficientnet_lite0_s16+s32", "alexnet", "vgg16",
-                       "zf5"]  # §1; features/backbones.py builds them
+# §1; features/backbones.py builds them
+BackboneName = Literal["efficientnet_lite0", "efficientnet_lite0_s32", "efficientnet_lite0_s16+s32",
+                       "alexnet", "vgg16", "zf5"]
 PaperOrOfficial = Literal["paper", "official"]  # a rule where the paper and the official code differ
 # What the SVMs read: the rows of Table 9 (§7), and "ftfc7+pool5" (not in the paper): ftfc7 and pool5
 # side by side, each L2-normalised per window (detection.detector.svm_layer_features)
