@@ -111,7 +111,7 @@ class StageConcat(nn.Module):
     multiples of 2S (``PadToMultiple`` in ``fine`` does it), which makes the fine map exactly twice
     the coarse one.
 
-    (B, 3, H, W) -> (B, fine channels + coarse channels, H / S, W / S).
+    (B, 3, H, W) -> (B, fine channels + coarse channels, 2·ceil(H / 2S), 2·ceil(W / 2S)).
     """
 
     def __init__(self, fine: nn.Module, coarse: nn.Module):
@@ -135,8 +135,8 @@ class StageConcat(nn.Module):
 
 
 def _between_and_on(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Along ``dim`` (-1 or -2), each cell j as the pair (mean of j - 1 and j, j), cell 0's pair
-    (0, 0) (nothing lies before it): size n -> 2n."""
+    """Along ``dim`` (-1 or -2), each cell j as the pair (mean of cells j - 1 and j, cell j); cell 0
+    as (cell 0, cell 0), nothing lying before it: size n -> 2n."""
     after = (slice(None),) * (-1 - dim)  # slices, not sizes, so an exported graph fits every size
     previous = torch.cat([x[(..., slice(None, 1), *after)], x[(..., slice(None, -1), *after)]], dim=dim)
     return torch.stack([(previous + x) / 2, x], dim=dim).flatten(dim - 1, dim)
