@@ -190,7 +190,8 @@ def _stage_pair(coarse_padding: int) -> tuple[nn.Module, nn.Module]:
 def test_stage_concat_geometry_is_the_fine_stages_measured():
     concat = StageConcat(*_stage_pair(coarse_padding=0))
     stride, centre, field = concat.geometry
-    assert (stride, centre, field, concat.channels) == (2, 0.0, 7 + 4, 3 + 4)  # the coarse field, widened by one coarse stride
+    # the coarse chain's field (7 px), widened by one coarse stride (4 px)
+    assert (stride, centre, field, concat.channels) == (2, 0.0, 7 + 4, 3 + 4)
     # the gradients of the whole map's cells, coarse channels included, are centred on c0 + i·S
     assert measure_receptive_field(concat, (3, 48, 48), samples=3) == (stride, centre)
 

@@ -8,12 +8,12 @@ import torch
 from detection.core.config import SPPConfig
 from detection.data.demo import make_demo_dataset
 from detection.detector import Detector
-from detection.runs.benchmark import MODES, STEPS, BenchmarkError, benchmark_windows, calibrated, mode_detector, run_mode
+from detection.runs.benchmark import (MODES, STEPS, BenchmarkError, benchmark_windows, calibrated, mode_detector,
+                                     one_scale_row, run_mode)
 from detection.runs.benchmark_report import format_report, speedups
 from detection.runs.timing import Stopwatch, peak_memory, reset_peak_memory
 from features.extractor import SPPFeatureExtractor, WindowFeatureExtractor
 from features.rcnn import RCNNFeatureExtractor
-from tools.benchmark import _one_scale
 from tools.cli import main
 
 
@@ -145,7 +145,7 @@ def test_benchmark_times_a_one_scale_model_at_its_own_scale(tmp_path):
                  "--max-proposals", "4", "--rcnn-batch-size", "4", "--scales", "120,160", "--device", "cpu",
                  "--threads", "1", "--quiet", "--json", str(tmp_path / "bench.json")]) == 0
     assert json.loads((tmp_path / "bench.json").read_text())["spp_1scale"]["scales"] == [144]
-    assert _one_scale((120, 200)) == 688  # a multi-scale model: the paper's single scale (the flag: test below)
+    assert one_scale_row((120, 200)) == 688  # a multi-scale model: the paper's single scale (the flag: test below)
 
 
 @pytest.mark.slow

@@ -21,8 +21,9 @@ SCALE = 96
 
 
 def make_detector(feature_layer: str = "pool5", calibrated: bool = True, scales=(SCALE,), fc6_svd_rank=0,
-                  backbone: str = "efficientnet_lite0") -> Detector:
-    config = SPPConfig().replace(features={"scales": scales, "backbone": backbone}, svm={"feature_layer": feature_layer},
+                  backbone_name: str = "efficientnet_lite0") -> Detector:
+    config = SPPConfig().replace(features={"scales": scales, "backbone": backbone_name},
+                                 svm={"feature_layer": feature_layer},
                                  bbox={"enabled": False}, test={"fc6_svd_rank": fc6_svd_rank})
     torch.manual_seed(0)
     backbone = build_backbone(config.features.backbone)
@@ -58,10 +59,11 @@ def test_float_bin_edges_are_checked():
 
 @pytest.mark.parametrize("feature_layer,calibrated,fc6_svd_rank,backbone",
                          [("pool5", True, 0, "efficientnet_lite0"), ("fc7", False, 0, "efficientnet_lite0"),
-                          ("ftfc7+pool5", True, 0, "efficientnet_lite0"), ("ftfc7+pool5", True, 8, "efficientnet_lite0"),
+                          ("ftfc7+pool5", True, 0, "efficientnet_lite0"),
+                          ("ftfc7+pool5", True, 8, "efficientnet_lite0"),
                           ("pool5", False, 0, "efficientnet_lite0_s16+s32")])
 def test_graph_scores_like_the_detector(feature_layer, calibrated, fc6_svd_rank, backbone):
-    detector = make_detector(feature_layer, calibrated, fc6_svd_rank=fc6_svd_rank, backbone=backbone)
+    detector = make_detector(feature_layer, calibrated, fc6_svd_rank=fc6_svd_rank, backbone_name=backbone)
     graph = ScoringGraph(detector).eval()
     if fc6_svd_rank:  # the graph runs the head detection runs: fc6 as two layers of 8 singular values
         assert [layer.weight.shape[0] for layer in graph.head.fc6] == [8, 64]
@@ -136,7 +138,7 @@ def onnx_runtime_outputs(path, feeds, tmp_path):
                                                     ("ftfc7+pool5", "efficientnet_lite0"),
                                                     ("pool5", "efficientnet_lite0_s16+s32")])  # two stages, one grid
 def test_onnx_runtime_and_torchscript_match_pytorch(tmp_path, feature_layer, backbone):
-    detector = make_detector(feature_layer, backbone=backbone)
+    detector = make_detector(feature_layer, backbone_name=backbone)
     onnx_path = export_model(detector, tmp_path / "model.onnx", "onnx")
     script_path = export_model(detector, tmp_path / "model.ts", "torchscript")
     scripted = torch.jit.load(str(script_path))

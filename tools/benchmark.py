@@ -74,11 +74,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_test_time_set_argument(parser)
 
 
-def _one_scale(scales: tuple[int, ...]) -> int:
-    """The 1-scale row's side for a detector of these scales: its own when it has one, else the paper's."""
-    return scales[0] if len(scales) == 1 else SINGLE_SCALE[0]
-
-
 def _image_paths(args: argparse.Namespace) -> list[str]:
     from detection.data.voc import VOCDataset
     from detection.runs.batch import find_images
@@ -110,7 +105,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     from detection.core.images import load_image
     from detection.detector import Detector
     from detection.data.voc import VOC_CLASSES
-    from detection.runs.benchmark import BenchmarkSettings, run_benchmark
+    from detection.runs.benchmark import BenchmarkSettings, one_scale_row, run_benchmark
     from detection.runs.benchmark_report import format_report
 
     device = device_from_args(args)
@@ -123,7 +118,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         detector, random_svms = Detector.untrained(config, VOC_CLASSES, device, seed=args.seed), True
     detector = with_amp(detector, args.amp)
     images = [load_image(path) for path in _image_paths(args)[: args.num_images]]
-    single_scale = _one_scale(detector.config.features.scales) if args.single_scale is None else args.single_scale
+    single_scale = one_scale_row(detector.config.features.scales) if args.single_scale is None else args.single_scale
     settings = BenchmarkSettings(proposals=args.max_proposals, warmup=args.warmup, single_scale=(single_scale,),
                                  multi_scale=args.scales, rcnn_images=args.rcnn_images,
                                  rcnn_batch_size=args.rcnn_batch_size, pass_fraction=args.pass_fraction)

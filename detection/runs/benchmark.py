@@ -68,6 +68,12 @@ class BenchmarkError(SppnetError, ValueError):
     """Benchmark inputs that cannot be used; the message says which."""
 
 
+def one_scale_row(scales: tuple[int, ...]) -> int:
+    """The 1-scale row's shorter side for a detector trained at ``scales``: its own scale when it has
+    one, else the paper's single scale (688, recipe §4)."""
+    return scales[0] if len(scales) == 1 else SINGLE_SCALE[0]
+
+
 @dataclass(frozen=True)
 class BenchmarkSettings:
     """What to run. ``rcnn_images``: how many of the images R-CNN runs on (None: all of them)."""
