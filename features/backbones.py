@@ -185,11 +185,11 @@ class Backbone(nn.Module):
         return self.body(x)
 
     def map_cells(self, side: int) -> int:
-        """At most this many cells along an input side of ``side`` pixels: ceil(side / S) (exactly,
-        for a body that pads to a multiple of S), or 2·ceil(side / 2S) for a :class:`StageConcat`,
-        whose input is padded to a multiple of 2S."""
-        multiple = 2 if isinstance(self.body, StageConcat) else 1
-        return multiple * math.ceil(side / (multiple * self.stride))
+        """At most this many cells along an input side of ``side`` pixels: the side padded to the
+        body's :class:`PadToMultiple` (S without one), divided by S. Exact for padded bodies (a
+        :class:`StageConcat` pads to 2S); unpadded networks lose a cell or so at the border."""
+        multiple = next((m.multiple for m in self.body.modules() if isinstance(m, PadToMultiple)), self.stride)
+        return math.ceil(side / multiple) * multiple // self.stride
 
     def convolve(self, x: torch.Tensor, amp: torch.dtype | None = None) -> torch.Tensor:
         """:meth:`forward` with an optional mixed precision: under autocast to ``amp`` (bf16/fp16) the

@@ -22,7 +22,7 @@ import torch
 from detection.core.cache import Cache, atomic_write_bytes
 from detection.core.config import FIVE_SCALES, FRESH_FC_WIDTH, SINGLE_SCALE, SPPConfig
 from detection.core.detections import by_class
-from detection.evaluation.voc_eval import SIZE_RANGES, evaluate_by_size, evaluate_detections, size_ranges_text
+from detection.evaluation.voc_eval import SIZE_RANGES, evaluate_by_class, evaluate_by_size, size_ranges_text
 from detection.data.demo import DEMO_CLASSES, make_demo_dataset
 from detection.data.realistic import REALISTIC_CLASSES, SMALL_OBJECTS_MAX_EXTENT, make_realistic_dataset
 from detection.runs.test import detect_dataset, record_maps
@@ -156,13 +156,14 @@ def run_ablation(config: SPPConfig, train_set: VOCDataset, test_set: VOCDataset,
                 test_conv_s = _fill_test_maps(detector, test, cache)
             start = time.perf_counter()
             detections, _ = detect_dataset(detector, test, cache, workers=workers, progress=progress)
-            metrics = evaluate_detections(test, detections)
+            per_class = by_class(detections, len(test.classes))  # grouped once for the three evaluations
+            metrics = evaluate_by_class(test, per_class)
             test_s = time.perf_counter() - start
-            strict = evaluate_detections(test, detections, iou_threshold=STRICT_IOU)["mAP"]
+            strict = evaluate_by_class(test, per_class, iou_threshold=STRICT_IOU)["mAP"]
             log(f"ablation: {row.name}, {column.name}: mAP {100 * metrics['mAP']:.1f} "
                 f"({100 * strict:.1f} at IoU {STRICT_IOU})")
             history = trainer.finetune_history() if row.feature_layer.startswith("ft") else []
-            by_size = evaluate_by_size(test, by_class(detections, len(test.classes)))["sizes"]
+            by_size = evaluate_by_size(test, per_class)["sizes"]
             cells.append(CellResult(row.name, column.name, row.feature_layer, metrics, strict, dict(trainer.timings),
                                     test_s, history, by_size))
         results.append(ColumnResult(column, len(train), len(test), test_conv_s, cells))
